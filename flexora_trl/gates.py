@@ -1,0 +1,69 @@
+"""Per-block gates on the LoRA branches: `g = L * softmax(alpha)`, applied linearly to every LoRA module of a block.
+
+The gate multiplies the output of each `lora_B`, so a LoRA module computes `base(x) + g_l * scaling * B(A(drop(x)))`,
+the paper's equation (the authors' hooks scale three inputs and end up with `g**3`; the ranking is the same).
+`alpha` is a stand-alone fp32 tensor, never registered on the model, so neither the Trainer's optimizer nor
+`save_model` ever see it. Inner steps read the gates detached; outer steps read them with alpha's graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+
+import torch
+
+from .blocks import BlockMap
+
+
+def gate_values(alpha: torch.Tensor) -> torch.Tensor:
+    """`L * softmax(alpha)`, written as `exp(alpha - logmeanexp(alpha))` so that alpha = 0 gives gates of exactly 1."""
+    count = torch.tensor(float(alpha.numel()), dtype=alpha.dtype, device=alpha.device)
+    return torch.exp(alpha - (alpha.logsumexp(0) - count.log()))
+
+
+class LayerGates:
+    """One gate logit per candidate block; forward hooks on the LoRA `B` projections apply the gates."""
+
+    def __init__(self, block_map: BlockMap, device=None, dtype=torch.float32):
+        self.blocks = block_map.blocks
+        self.alpha = torch.zeros(len(self.blocks), dtype=dtype, device=device, requires_grad=True)
+        self.live = False
+        self._handles = []
+        for position, block in enumerate(self.blocks):
+            for name, layer in block_map.modules[block]:
+                for adapter in layer.active_adapters:
+                    if adapter not in layer.lora_B:
+                        raise ValueError(f"Flexora gates LoRA linear/conv layers; {name} has no `lora_B` module.")
+                    if adapter in getattr(layer, "lora_variant", {}):
+                        raise ValueError(
+                            f"{name} uses a LoRA variant ({type(layer.lora_variant[adapter]).__name__}, e.g. DoRA); "
+                            "Flexora's gate is only linear on plain LoRA. Set use_dora=False."
+                        )
+                    hook = partial(self._scale_output, position)
+                    self._handles.append(layer.lora_B[adapter].register_forward_hook(hook))
+
+    def values(self) -> torch.Tensor:
+        return gate_values(self.alpha)
+
+    def _scale_output(self, position, module, inputs, output):
+        gates = self.values() if self.live else self.values().detach()
+        return output * gates[position].to(output.dtype)
+
+    @contextlib.contextmanager
+    def differentiable(self):
+        """Within this block the gates carry alpha's graph (outer steps); outside they are constants."""
+        self.live = True
+        try:
+            yield
+        finally:
+            self.live = False
+
+    def remove(self) -> None:
+        """Take every hook off the model: the fine-tune and the saved adapter are plain LoRA."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def as_dict(self) -> dict[int, float]:
+        return dict(zip(self.blocks, self.alpha.detach().cpu().tolist()))

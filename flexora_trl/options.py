@@ -1,0 +1,185 @@
+"""The one list of Flexora options, shared by `FlexoraSFTConfig` and the Axolotl `flexora:` block.
+
+Every option is a dataclass field with a default and a help text; `FlexoraArguments.validate()` is the only place
+where values are checked, so the TRL config and the YAML block reject bad input with the same message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+VALIDATION_SOURCES = ("holdout", "eval_dataset")
+SELECTION_RULES = ("positive", "top_k", "top_fraction")
+HYPERGRADIENTS = ("first_order", "unrolled")
+
+
+@dataclass
+class FlexoraArguments:
+    """Options of the Flexora search (layer selection) that runs before normal LoRA fine-tuning."""
+
+    search_samples: int = field(
+        default=1000,
+        metadata={
+            "help": "Training examples the search phase sees (one pass, drawn with the seed from the training set, "
+            "after the hold-out). The authors used 4,800 (+200 held out); their ablation found 1,000 to 10,000 "
+            "give similar selections."
+        },
+    )
+    search_steps: Optional[int] = field(
+        default=None,
+        metadata={"help": "If set, the search runs exactly this many inner optimizer steps instead of one pass over "
+                  "`search_samples` (cycling through the search subset if needed)."},
+    )
+    search_validation: str = field(
+        default="holdout",
+        metadata={"help": "Where the outer (gate) steps get validation data: `holdout` = `search_holdout_samples` "
+                  "examples held out of the training set with the seed; `eval_dataset` = the trainer's eval dataset."},
+    )
+    search_holdout_samples: int = field(
+        default=200,
+        metadata={"help": "Examples held out of the training set for the outer steps when "
+                  "`search_validation='holdout'` (the authors: 200). They are still used by the fine-tune."},
+    )
+    search_val_batches: int = field(
+        default=2,
+        metadata={"help": "Validation micro-batches (of `per_device_eval_batch_size`) whose summed loss drives one "
+                  "outer step (the authors: 8 micro-batches of 1 example)."},
+    )
+    search_outer_every: int = field(
+        default=1,
+        metadata={"help": "Take one outer (gate) step every this many inner optimizer steps."},
+    )
+    search_learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning rate of the LoRA weights during the search (AdamW, constant). Defaults to the "
+                  "training `learning_rate`."},
+    )
+    gate_lr: float = field(
+        default=0.01,
+        metadata={"help": "Adam learning rate of the gate logits alpha (constant; the authors: 0.01)."},
+    )
+    hypergradient: str = field(
+        default="first_order",
+        metadata={"help": "How alpha's gradient is taken: `first_order` = gradient of the validation loss at the "
+                  "current LoRA weights (the authors' code, DARTS first order); `unrolled` = differentiate through "
+                  "`unroll_steps` inner updates."},
+    )
+    unroll_steps: int = field(
+        default=1,
+        metadata={"help": "Inner steps the `unrolled` hypergradient differentiates through (K >= 1)."},
+    )
+    selection_rule: str = field(
+        default="positive",
+        metadata={"help": "Which blocks are kept: `positive` = alpha > 0, i.e. gate above the mean (the paper); "
+                  "`top_k` = the `selection_top_k` largest gates; `top_fraction` = the largest "
+                  "`selection_top_fraction` of the blocks."},
+    )
+    selection_top_k: Optional[int] = field(
+        default=None, metadata={"help": "Number of blocks kept by `selection_rule='top_k'`."}
+    )
+    selection_top_fraction: Optional[float] = field(
+        default=None, metadata={"help": "Fraction of blocks (0 < f <= 1) kept by `selection_rule='top_fraction'`."}
+    )
+    selection_min_layers: int = field(
+        default=1,
+        metadata={"help": "Keep at least this many blocks (the largest gates fill up the selection)."},
+    )
+    selection_max_layers: Optional[int] = field(
+        default=None, metadata={"help": "Keep at most this many blocks (the smallest gates are dropped)."}
+    )
+    selected_layers: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "Skip the search and fine-tune LoRA on these block indices."},
+    )
+    selection_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "Skip the search and reuse the selection of a previous run's `flexora_selection.json`."},
+    )
+    search_warm_start: bool = field(
+        default=False,
+        metadata={"help": "Start the fine-tune from the search's LoRA weights of the selected blocks instead of a "
+                  "fresh LoRA (the authors start fresh)."},
+    )
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the option and its accepted values for anything out of range."""
+        _check_int(self, "search_samples", minimum=1)
+        _check_int(self, "search_steps", minimum=1, optional=True)
+        _check_choice(self, "search_validation", VALIDATION_SOURCES)
+        _check_int(self, "search_holdout_samples", minimum=1)
+        _check_int(self, "search_val_batches", minimum=1)
+        _check_int(self, "search_outer_every", minimum=1)
+        _check_positive_float(self, "search_learning_rate", optional=True)
+        _check_positive_float(self, "gate_lr")
+        _check_choice(self, "hypergradient", HYPERGRADIENTS)
+        _check_int(self, "unroll_steps", minimum=1)
+        _check_choice(self, "selection_rule", SELECTION_RULES)
+        _check_int(self, "selection_top_k", minimum=1, optional=True)
+        _check_int(self, "selection_min_layers", minimum=1)
+        _check_int(self, "selection_max_layers", minimum=1, optional=True)
+        if self.selection_rule == "top_k" and self.selection_top_k is None:
+            raise ValueError("selection_rule='top_k' needs `selection_top_k` (an integer >= 1).")
+        if self.selection_rule == "top_fraction":
+            fraction = self.selection_top_fraction
+            if fraction is None or isinstance(fraction, bool) or not 0 < float(fraction) <= 1:
+                raise ValueError(
+                    f"selection_rule='top_fraction' needs `selection_top_fraction` in (0, 1], got {fraction!r}."
+                )
+        if self.selection_max_layers is not None and self.selection_max_layers < self.selection_min_layers:
+            raise ValueError(
+                f"`selection_max_layers` ({self.selection_max_layers}) must be >= `selection_min_layers` "
+                f"({self.selection_min_layers})."
+            )
+        if self.selected_layers is not None:
+            layers = self.selected_layers
+            if not isinstance(layers, (list, tuple)) or not layers or not all(_is_int(i) and i >= 0 for i in layers):
+                raise ValueError(
+                    f"`selected_layers` must be a non-empty list of block indices >= 0, got {layers!r}."
+                )
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"`selected_layers` lists a block twice: {layers!r}.")
+        if self.selected_layers is not None and self.selection_file is not None:
+            raise ValueError("Give either `selected_layers` or `selection_file`, not both.")
+
+    def skips_search(self) -> bool:
+        return self.selected_layers is not None or self.selection_file is not None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_object(cls, obj) -> "FlexoraArguments":
+        """Read the Flexora options off any object carrying them as attributes (a FlexoraSFTConfig, a YAML block)."""
+        return cls(**{name: getattr(obj, name) for name in cls.names()})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(args, name, minimum, optional=False):
+    value = getattr(args, name)
+    if value is None and optional:
+        return
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}{' or None' if optional else ''}, got {value!r}.")
+
+
+def _check_positive_float(args, name, optional=False):
+    value = getattr(args, name)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"`{name}` must be a number > 0{' or None' if optional else ''}, got {value!r}.")
+
+
+def _check_choice(args, name, choices):
+    value = getattr(args, name)
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")

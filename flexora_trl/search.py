@@ -1,0 +1,164 @@
+"""The selection phase: alternate inner LoRA steps on training batches and outer gate steps on validation batches."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import reduce
+from tqdm.auto import tqdm
+
+from .gates import LayerGates
+from .hypergradient import get_strategy
+from .options import FlexoraArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    alpha: dict[int, float]
+    gates: dict[int, float]
+    trajectory: list[list[float]] = field(default_factory=list)  # alpha after every outer step
+    inner_steps: int = 0
+    outer_steps: int = 0
+    seconds: float = 0.0
+    stopped_early: str | None = None
+
+
+class GateSearch:
+    """Runs the bilevel search on a trainer's model; the trainer supplies loss, dataloaders, logging and devices."""
+
+    def __init__(self, trainer, gates: LayerGates, options: FlexoraArguments):
+        self.trainer = trainer
+        self.model = trainer.model
+        self.gates = gates
+        self.options = options
+        self.lora_params = [p for p in self.model.parameters() if p.requires_grad]
+        args = trainer.args
+        self.inner_optimizer = torch.optim.AdamW(
+            self.lora_params,
+            lr=options.search_learning_rate or args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            weight_decay=args.weight_decay,
+        )
+        self.gate_optimizer = torch.optim.Adam([gates.alpha], lr=options.gate_lr)
+        self.hypergradient = get_strategy(options.hypergradient)
+        self.accumulation = args.gradient_accumulation_steps
+
+    def loss(self, batch) -> torch.Tensor:
+        """The trainer's own loss (SFT's label masking, loss type...), under its mixed-precision autocast."""
+        with self.trainer.accelerator.autocast():
+            return self.trainer.compute_loss(self.model, batch)
+
+    @contextlib.contextmanager
+    def lora_frozen(self):
+        """Outer steps: the LoRA weights leave the graph, so validation gradients cannot reach them."""
+        for param in self.lora_params:
+            param.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for param in self.lora_params:
+                param.requires_grad_(True)
+
+    def _average_across_ranks(self, tensors) -> None:
+        if self.trainer.accelerator.num_processes > 1:
+            for tensor in tensors:
+                if tensor.grad is not None:
+                    tensor.grad.copy_(reduce(tensor.grad, reduction="mean"))
+
+    def _inner_step(self, batches) -> torch.Tensor:
+        """One LoRA optimizer step over `gradient_accumulation_steps` micro-batches, gates detached."""
+        total = torch.zeros((), device=self.gates.alpha.device)
+        for batch in batches:
+            loss = self.loss(batch) / len(batches)
+            loss.backward()
+            total += loss.detach().float()
+        self._average_across_ranks(self.lora_params)
+        if self.trainer.args.max_grad_norm and self.trainer.args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.lora_params, self.trainer.args.max_grad_norm)
+        self.inner_optimizer.step()
+        self.inner_optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _outer_step(self, val_batches, train_batches) -> torch.Tensor:
+        self.gate_optimizer.zero_grad(set_to_none=True)
+        val_loss = self.hypergradient(self, val_batches, train_batches)
+        self._average_across_ranks([self.gates.alpha])
+        self.gate_optimizer.step()
+        return val_loss
+
+    def run(self, train_loader, val_loader, num_inner_steps: int) -> SearchResult:
+        train_batches = _cycle(train_loader)
+        val_batches = _cycle(val_loader)
+        result = SearchResult(alpha={}, gates={})
+        last_good_alpha = self.gates.alpha.detach().clone()
+        start = time.perf_counter()
+        self.model.train()
+        progress = tqdm(
+            total=num_inner_steps, desc="Flexora search", disable=not self.trainer.is_local_process_zero()
+            or self.trainer.args.disable_tqdm,
+        )
+        for step in range(1, num_inner_steps + 1):
+            batches = [next(train_batches) for _ in range(self.accumulation)]
+            train_loss = self._inner_step(batches)
+            logs = {"flexora/search_loss": _mean_across_ranks(self.trainer, train_loss)}
+            if step % self.options.search_outer_every == 0:
+                val = [next(val_batches) for _ in range(self.options.search_val_batches)]
+                val_loss = self._outer_step(val, batches)
+                result.outer_steps += 1
+                if not (torch.isfinite(val_loss) and torch.isfinite(self.gates.alpha).all()):
+                    with torch.no_grad():
+                        self.gates.alpha.copy_(last_good_alpha)
+                    result.stopped_early = f"non-finite validation loss or alpha at search step {step}"
+                    logger.warning("Flexora: %s; stopping the search with the last good alpha.", result.stopped_early)
+                    break
+                last_good_alpha = self.gates.alpha.detach().clone()
+                result.trajectory.append(last_good_alpha.cpu().tolist())
+                logs["flexora/val_loss"] = _mean_across_ranks(self.trainer, val_loss)
+            if not math.isfinite(logs["flexora/search_loss"]):
+                result.stopped_early = f"non-finite training loss at search step {step}"
+                logger.warning("Flexora: %s; stopping the search with the last good alpha.", result.stopped_early)
+                break
+            result.inner_steps = step
+            progress.update(1)
+            progress.set_postfix(loss=f"{logs['flexora/search_loss']:.3f}")
+            if step % max(1, int(self.trainer.args.logging_steps or 1)) == 0 or step == num_inner_steps:
+                self._log(step, logs)
+        progress.close()
+        result.seconds = time.perf_counter() - start
+        result.alpha = self.gates.as_dict()
+        result.gates = dict(zip(self.gates.blocks, self.gates.values().detach().cpu().tolist()))
+        return result
+
+    def _log(self, step: int, logs: dict) -> None:
+        """Through the trainer's own `log`, so tensorboard/wandb/trackio users see the gates during the search."""
+        for block, value in zip(self.gates.blocks, self.gates.values().detach().cpu().tolist()):
+            logs[f"flexora/gate_{block}"] = value
+        state = self.trainer.state
+        saved_step, state.global_step = state.global_step, step
+        try:
+            self.trainer.log(logs)
+        finally:
+            state.global_step = saved_step
+
+
+def _mean_across_ranks(trainer, value: torch.Tensor) -> float:
+    if trainer.accelerator.num_processes > 1:
+        value = reduce(value, reduction="mean")
+    return value.item()
+
+
+def _cycle(loader):
+    """Endless batches, reshuffling each pass (the sampler's epoch is advanced where it has one)."""
+    for epoch in itertools.count():
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader

@@ -1,0 +1,20 @@
+"""`FlexoraSFTTrainer`: TRL's `SFTTrainer` with the Flexora selection phase before normal SFT."""
+
+from __future__ import annotations
+
+from trl import SFTTrainer
+
+from .options import FlexoraArguments
+from .trainer_mixin import FlexoraTrainerMixin
+
+
+class FlexoraSFTTrainer(FlexoraTrainerMixin, SFTTrainer):
+    """Drop-in for `SFTTrainer`: takes a `FlexoraSFTConfig` and a LoRA `peft_config`, searches which transformer
+    blocks deserve LoRA, then trains a fresh LoRA on those blocks only and saves it as a plain PEFT adapter."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A plain SFTConfig works too: Flexora then runs with its default options.
+        is_flexora_config = isinstance(self.args, FlexoraArguments)
+        self.flexora_args = FlexoraArguments.from_object(self.args) if is_flexora_config else FlexoraArguments()
+        self.flexora_setup()

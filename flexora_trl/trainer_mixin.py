@@ -1,0 +1,281 @@
+"""`FlexoraTrainerMixin`: search -> select -> rebuild LoRA -> normal training, for any `transformers.Trainer`.
+
+Put it in front of a Trainer subclass (`class T(FlexoraTrainerMixin, SFTTrainer)`), set `self.flexora_args` after
+the base `__init__` and call `self.flexora_setup()`. `train()` then runs the selection phase on the trainer's own
+dataloaders, collator and loss, keeps LoRA on the selected blocks only, and hands over to the base `train()`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list
+from peft import PeftModel, PeftType
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .adapter import check_reinitialisable, count_trainable, restrict_lora_to_blocks
+from .blocks import map_lora_blocks
+from .gates import LayerGates
+from .options import FlexoraArguments
+from .record import RECORD_NAME, package_versions, plot_record, read_selection, write_record
+from .search import GateSearch
+from .selection import select_blocks
+
+logger = logging.getLogger(__name__)
+
+
+class FlexoraTrainerMixin:
+    flexora_args: FlexoraArguments
+    flexora_record: dict | None = None
+
+    # ---------------------------------------------------------------- checks before any training
+    def flexora_setup(self) -> None:
+        """Check everything the search and the fine-tune need, so bad input fails before any training starts."""
+        self.flexora_args.validate()
+        model = self.model
+        if not isinstance(model, PeftModel):
+            raise ValueError(
+                "Flexora selects the blocks of a LoRA adapter: pass `peft_config=LoraConfig(...)` to the trainer "
+                "(or a PeftModel with a LoRA adapter)."
+            )
+        config = model.peft_config[model.active_adapter]
+        if config.peft_type != PeftType.LORA:
+            raise ValueError(f"Flexora needs a LoRA adapter; the model's adapter is {config.peft_type.value}.")
+        if getattr(config, "use_dora", False):
+            raise ValueError("Flexora's gates are linear on plain LoRA only: set `use_dora=False` in the LoraConfig.")
+        check_reinitialisable(config)
+        if getattr(self, "optimizer", None) is not None:
+            raise ValueError(
+                "Flexora replaces the LoRA after the search, so it builds its own optimizer: do not pass "
+                "`optimizers=(optimizer, scheduler)`; use `optim`/`lr_scheduler_type` in the config instead."
+            )
+        self.flexora_blocks = map_lora_blocks(model)
+        self.flexora_selection_given = self._given_selection()
+        if self.flexora_selection_given is None:
+            self._validation_dataset()  # raises on a missing, empty or too-small validation set
+            self._search_subset_size()
+
+    def _given_selection(self) -> list[int] | None:
+        options = self.flexora_args
+        if options.selected_layers is not None:
+            layers = sorted(options.selected_layers)
+        elif options.selection_file is not None:
+            layers = sorted(read_selection(options.selection_file))
+        else:
+            return None
+        unknown = sorted(set(layers) - set(self.flexora_blocks.blocks))
+        if unknown:
+            raise ValueError(
+                f"Selected blocks {unknown} carry no LoRA in this model; candidate blocks: {self.flexora_blocks.blocks}."
+            )
+        return layers
+
+    def _validation_dataset(self):
+        options, args = self.flexora_args, self.args
+        if options.search_validation == "eval_dataset":
+            dataset = self.eval_dataset
+            if dataset is None:
+                raise ValueError(
+                    "search_validation='eval_dataset' but the trainer has no `eval_dataset`: pass one, or use "
+                    "search_validation='holdout'."
+                )
+            if isinstance(dataset, dict):
+                raise ValueError(
+                    "search_validation='eval_dataset' needs a single eval dataset, got a dict of "
+                    f"{sorted(dataset)}; pass one dataset or use search_validation='holdout'."
+                )
+            size = _length(dataset, "eval_dataset")
+        else:
+            train_size = _length(self.train_dataset, "train_dataset")
+            size = options.search_holdout_samples
+            if size >= train_size:
+                raise ValueError(
+                    f"`search_holdout_samples`={size} leaves no training data: the training set has {train_size} "
+                    "examples. Lower it or use search_validation='eval_dataset'."
+                )
+            dataset = None
+        needed = args.per_device_eval_batch_size * args.world_size if args.dataloader_drop_last else 1
+        if size < needed:
+            raise ValueError(
+                f"The search's validation set has {size} example(s); it needs at least {needed} "
+                "(one evaluation batch across all processes)."
+            )
+        return dataset
+
+    def _search_subset_size(self) -> int:
+        held_out = self.flexora_args.search_holdout_samples if self.flexora_args.search_validation == "holdout" else 0
+        available = _length(self.train_dataset, "train_dataset") - held_out
+        if available < 1:
+            raise ValueError("The training set is empty: the search needs training examples.")
+        return min(self.flexora_args.search_samples, available)
+
+    # ---------------------------------------------------------------- the run
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
+        if checkpoint is not None:
+            record = self._record_from_checkpoint(checkpoint)
+        elif self.flexora_selection_given is not None:
+            record = self._record_for(self.flexora_selection_given, source="given")
+        else:
+            self._refuse_to_overwrite()
+            record = self._search_and_select()
+        self._apply_selection(record)
+        start = time.perf_counter()
+        output = super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+        self.flexora_record["finetune_seconds"] = round(time.perf_counter() - start, 3)
+        self._write_record(self.args.output_dir)
+        return output
+
+    def _resolve_checkpoint(self, resume_from_checkpoint):
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if resume_from_checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+            return checkpoint
+        return resume_from_checkpoint
+
+    def _record_from_checkpoint(self, checkpoint: str) -> dict:
+        """A resumed run fine-tunes the blocks the interrupted run chose: it never searches again."""
+        for directory in (checkpoint, self.args.output_dir):
+            path = os.path.join(directory, RECORD_NAME)
+            if os.path.exists(path):
+                with open(path) as handle:
+                    record = json.load(handle)
+                logger.info("Flexora: resuming from %s with blocks %s (no new search).", checkpoint,
+                            record["selected_layers"])
+                return record
+        raise ValueError(
+            f"Cannot resume a Flexora run from {checkpoint}: no {RECORD_NAME} there or in {self.args.output_dir}. "
+            "Pass `selection_file` or `selected_layers` to say which blocks the checkpoint was trained on."
+        )
+
+    def _refuse_to_overwrite(self) -> None:
+        path = os.path.join(self.args.output_dir, RECORD_NAME)
+        if os.path.exists(path):
+            raise FileExistsError(
+                f"{path} already holds the selection of an earlier Flexora run. Resume it with "
+                f"`resume_from_checkpoint`, reuse its selection with `selection_file='{path}'`, or choose another "
+                "`output_dir`; Flexora does not overwrite it silently."
+            )
+
+    def _search_and_select(self) -> dict:
+        options, args = self.flexora_args, self.args
+        gates = LayerGates(self.flexora_blocks, device=next(p for p in self.model.parameters() if p.requires_grad).device)
+        try:
+            train_loader, val_loader, samples = self._search_dataloaders()
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            steps = options.search_steps or max(1, math.ceil(samples / per_step))
+            if args.gradient_checkpointing:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+            logger.info("Flexora: searching over %d blocks for %d inner steps (%d samples).",
+                        len(gates.blocks), steps, samples)
+            result = GateSearch(self, gates, options).run(train_loader, val_loader, steps)
+        finally:
+            gates.remove()
+        if hasattr(self, "_metrics"):  # TRL's per-step metric buffers: the fine-tune logs start clean
+            for buffer in self._metrics.values():
+                buffer.clear()
+        selected = select_blocks(result.alpha, options)
+        selected = broadcast_object_list([selected])[0] if args.world_size > 1 else selected
+        record = self._record_for(selected, source="search")
+        record.update(
+            alpha={str(b): round(a, 6) for b, a in result.alpha.items()},
+            gates={str(b): round(g, 6) for b, g in result.gates.items()},
+            alpha_trajectory=[[round(a, 6) for a in row] for row in result.trajectory],
+            search_seconds=round(result.seconds, 3),
+            search_inner_steps=result.inner_steps,
+            search_outer_steps=result.outer_steps,
+            search_samples=samples,
+            search_stopped_early=result.stopped_early,
+        )
+        return record
+
+    def _search_dataloaders(self):
+        """Held-out validation and search subsets drawn with the seed, loaded by the trainer's own dataloaders."""
+        options = self.flexora_args
+        order = np.random.default_rng(self.args.seed).permutation(_length(self.train_dataset, "train_dataset"))
+        if options.search_validation == "holdout":
+            held_out = options.search_holdout_samples
+            val_dataset = _subset(self.train_dataset, order[:held_out])
+        else:
+            held_out, val_dataset = 0, self._validation_dataset()
+        samples = self._search_subset_size()
+        search_dataset = _subset(self.train_dataset, order[held_out : held_out + samples])
+        full_dataset, self.train_dataset = self.train_dataset, search_dataset
+        try:
+            train_loader = self.get_train_dataloader()
+        finally:
+            self.train_dataset = full_dataset
+        return train_loader, self.get_eval_dataloader(val_dataset), samples
+
+    def _record_for(self, selected: list[int], source: str) -> dict:
+        blocks = self.flexora_blocks
+        return {
+            "selected_layers": sorted(selected),
+            "num_layers": blocks.num_blocks,
+            "candidate_layers": blocks.blocks,
+            "layers_pattern": blocks.pattern,
+            "source": source,
+            "alpha": None,
+            "gates": None,
+            "alpha_trajectory": [],
+            "search_seconds": 0.0,
+            "options": self.flexora_args.to_dict(),
+            "versions": package_versions(),
+        }
+
+    def _apply_selection(self, record: dict) -> None:
+        before = count_trainable(self.model)
+        set_seed(self.args.seed)  # the fine-tune starts from the same RNG state whether or not a search ran
+        restrict_lora_to_blocks(
+            self.model, self.flexora_blocks, record["selected_layers"],
+            fresh=not (self.flexora_args.search_warm_start and record["source"] == "search"),
+        )
+        after = count_trainable(self.model)
+        record.setdefault("lora_params_all_blocks", before)
+        record.setdefault("lora_params_selected", after)
+        record["lora_params_fraction"] = round(record["lora_params_selected"] / record["lora_params_all_blocks"], 4)
+        self.flexora_record = record
+        self._write_record(self.args.output_dir)
+        if record["alpha"] and self.args.should_save:
+            plot_record(self.args.output_dir, record)
+        logger.info(
+            "Flexora: fine-tuning LoRA on blocks %s of %d (%d of %d LoRA parameters, %.1f%%).",
+            record["selected_layers"], record["num_layers"], after, before, 100 * record["lora_params_fraction"],
+        )
+
+    def _write_record(self, directory: str) -> None:
+        if self.flexora_record is None or not self.args.should_save:
+            return
+        write_record(directory, self.flexora_record)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save the (plain PEFT) adapter as usual, with the selection record beside it (checkpoints included)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        self._write_record(output_dir or self.args.output_dir)
+
+
+def _length(dataset, name: str) -> int:
+    try:
+        return len(dataset)
+    except TypeError as error:
+        raise ValueError(
+            f"Flexora draws its search and hold-out subsets by index: `{name}` must be a map-style dataset with a "
+            "length (not an IterableDataset / streaming dataset)."
+        ) from error
+
+
+def _subset(dataset, indices):
+    indices = [int(i) for i in indices]
+    if hasattr(dataset, "select"):
+        return dataset.select(indices)
+    return torch.utils.data.Subset(dataset, indices)

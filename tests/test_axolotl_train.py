@@ -1,0 +1,135 @@
+"""Real `axolotl train` / `axolotl merge-lora` runs with the Flexora plugin on a tiny local Llama (CPU, no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("axolotl")
+
+from axolotl_helpers import (  # noqa: E402
+    RECIPES, REPO, alpaca_rows, axolotl_cli, base_config, run, write_config, write_jsonl,
+)
+from tiny import make_examples  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def block_of(name: str) -> int:
+    return int(name.split(".layers.")[1].split(".")[0])
+
+
+def check_flexora_output(out: Path, num_layers: int) -> list[int]:
+    """The selection record and the saved adapter agree, and the adapter is plain PEFT on the chosen blocks only."""
+    record = json.loads((out / "flexora_selection.json").read_text())
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    selected = record["selected_layers"]
+    assert record["num_layers"] == num_layers
+    assert selected and set(selected) <= set(range(num_layers))
+    assert adapter["layers_to_transform"] == selected
+    assert adapter["layers_pattern"] == "layers"
+    weights = load_tensors(out / "adapter_model.safetensors")
+    assert {block_of(key) for key in weights} == set(selected)
+    assert record["lora_params_selected"] * num_layers == record["lora_params_all_blocks"] * len(selected)
+    return selected
+
+
+def load_adapter(base_dir: str, out: Path):
+    """The saved adapter loads with plain PEFT, LoRA layers only on the chosen blocks."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(out))
+    return model, {block_of(name) for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+
+
+def test_alpaca_with_the_default_launcher_then_merge_lora(tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(64))
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "cfg.yml", base_config(
+        tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}]))
+
+    run(axolotl_cli() + ["train", cfg], cwd=tmp_path)
+    selected = check_flexora_output(out, num_layers=4)
+    _, lora_blocks = load_adapter(tiny_llama_dir, out)
+    assert lora_blocks == set(selected)
+
+    run(axolotl_cli() + ["merge-lora", cfg, f"--lora-model-dir={out}"], cwd=tmp_path)
+    base = load_tensors(Path(tiny_llama_dir) / "model.safetensors")
+    merged = load_tensors(out / "merged" / "model.safetensors")
+    lora = load_tensors(out / "adapter_model.safetensors")
+    scaling = 8 / 4  # lora_alpha / lora_r of base_config
+    for key, weight in base.items():
+        prefix = "base_model.model." + key.removesuffix(".weight")
+        if f"{prefix}.lora_A.weight" in lora:
+            delta = scaling * lora[f"{prefix}.lora_B.weight"] @ lora[f"{prefix}.lora_A.weight"]
+            assert delta.abs().max() > 0
+            assert (merged[key] - weight - delta).abs().max() < 1e-5, key
+        else:
+            assert (merged[key] == weight).all(), f"{key} changed but has no LoRA"
+
+
+def test_chat_template_with_the_python_launcher_and_the_eval_split(tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "chat.jsonl", make_examples(64))
+    out = tmp_path / "out"
+    flexora = {"search_samples": 24, "search_validation": "eval_dataset", "search_val_batches": 2,
+               "selection_rule": "top_k", "selection_top_k": 2}
+    cfg = write_config(tmp_path / "cfg.yml", base_config(
+        tiny_llama_dir, str(out),
+        [{"path": data, "type": "chat_template", "field_messages": "messages", "ds_type": "json"}],
+        chat_template="tokenizer_default", val_set_size=0.25, flexora=flexora))
+
+    run(axolotl_cli() + ["train", cfg, "--launcher", "python"], cwd=tmp_path)
+    selected = check_flexora_output(out, num_layers=4)
+    record = json.loads((out / "flexora_selection.json").read_text())
+    assert len(selected) == 2
+    assert record["source"] == "search"
+    assert {k: record["options"][k] for k in flexora} == flexora
+    top_two = sorted(record["alpha"], key=lambda block: (-record["alpha"][block], int(block)))[:2]
+    assert selected == sorted(int(block) for block in top_two)
+
+
+def test_resume_from_a_checkpoint_keeps_the_selection(tiny_llama_dir, tmp_path):
+    """`resume_from_checkpoint` restores the interrupted run's blocks from the record; it never searches again."""
+    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(64))
+    out = tmp_path / "out"
+    cfg = base_config(tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}],
+                      save_strategy="steps", save_steps=2, max_steps=4)
+    first = run(axolotl_cli() + ["train", write_config(tmp_path / "cfg.yml", cfg), "--launcher", "python"],
+                cwd=tmp_path)
+    selected = check_flexora_output(out, num_layers=4)
+    assert "Flexora search" in first.stderr + first.stdout
+
+    cfg.update(resume_from_checkpoint=str(out / "checkpoint-2"), max_steps=6)
+    resumed = run(axolotl_cli() + ["train", write_config(tmp_path / "resume.yml", cfg), "--launcher", "python"],
+                  cwd=tmp_path)
+    assert "Flexora search" not in resumed.stderr + resumed.stdout
+    assert check_flexora_output(out, num_layers=4) == selected
+    assert json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
+
+
+def test_cpu_recipe_on_smollm2_with_a_short_budget(tmp_path):
+    """The shipped CPU recipe as a user runs it from the repo root, on SmolLM2-135M-Instruct, with fewer steps."""
+    smollm2 = pytest.importorskip("flexora_trl.smollm2")
+    try:
+        model_dir = smollm2.smollm2_path()
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    cfg = yaml.safe_load((RECIPES / "smollm2-135m-flexora-cpu.yml").read_text())
+    out = tmp_path / "out"
+    cfg.update(base_model=model_dir, output_dir=str(out), dataset_prepared_path=str(tmp_path / "prepared"),
+               max_steps=2, val_set_size=0.0, evals_per_epoch=None)
+    cfg["flexora"].update(search_samples=8, search_holdout_samples=8, search_val_batches=1)
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    run(axolotl_cli() + ["train", write_config(tmp_path / "cfg.yml", cfg), "--launcher", "python"], cwd=REPO)
+    check_flexora_output(out, num_layers=30)

@@ -1,0 +1,64 @@
+"""The selection rules and their bounds."""
+
+import logging
+
+import pytest
+
+from flexora_trl.options import FlexoraArguments
+from flexora_trl.selection import select_blocks
+
+ALPHA = {0: 0.30, 1: -0.10, 2: 0.05, 3: -0.40, 4: 0.20, 5: -0.05}
+
+
+def rule(**options):
+    args = FlexoraArguments(**options)
+    args.validate()
+    return args
+
+
+def test_positive_keeps_gates_above_the_mean():
+    assert select_blocks(ALPHA, rule()) == [0, 2, 4]
+
+
+def test_top_k_keeps_the_k_largest():
+    assert select_blocks(ALPHA, rule(selection_rule="top_k", selection_top_k=2)) == [0, 4]
+
+
+def test_top_fraction_rounds_up():
+    assert select_blocks(ALPHA, rule(selection_rule="top_fraction", selection_top_fraction=0.5)) == [0, 2, 4]
+    assert select_blocks(ALPHA, rule(selection_rule="top_fraction", selection_top_fraction=0.1)) == [0]
+
+
+def test_max_layers_drops_the_smallest_gates():
+    assert select_blocks(ALPHA, rule(selection_max_layers=2)) == [0, 4]
+
+
+def test_an_empty_selection_is_filled_by_min_layers_and_logged(caplog):
+    with caplog.at_level(logging.WARNING, logger="flexora_trl.selection"):
+        chosen = select_blocks({0: 0.0, 1: 0.0, 2: 0.0}, rule(selection_min_layers=2))
+    assert chosen == [0, 1]
+    assert "selection_min_layers=2" in caplog.text
+
+
+def test_min_layers_beyond_the_candidates_keeps_all():
+    assert select_blocks({0: -1.0, 1: 1.0}, rule(selection_min_layers=5)) == [0, 1]
+
+
+@pytest.mark.parametrize("options, key", [
+    (dict(gate_lr=0), "gate_lr"),
+    (dict(gate_lr=-0.01), "gate_lr"),
+    (dict(search_samples=0), "search_samples"),
+    (dict(search_validation="val"), "search_validation"),
+    (dict(selection_rule="best"), "selection_rule"),
+    (dict(selection_rule="top_k"), "selection_top_k"),
+    (dict(selection_rule="top_fraction", selection_top_fraction=1.5), "selection_top_fraction"),
+    (dict(selection_min_layers=3, selection_max_layers=2), "selection_max_layers"),
+    (dict(selected_layers=[]), "selected_layers"),
+    (dict(selected_layers=[1, 1]), "selected_layers"),
+    (dict(hypergradient="second_order"), "hypergradient"),
+    (dict(unroll_steps=0), "unroll_steps"),
+    (dict(search_val_batches=0), "search_val_batches"),
+])
+def test_out_of_range_options_name_the_key(options, key):
+    with pytest.raises(ValueError, match=key):
+        rule(**options)

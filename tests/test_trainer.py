@@ -1,0 +1,232 @@
+"""FlexoraSFTTrainer end to end on tiny real models: search -> selection -> fresh LoRA -> plain PEFT adapter."""
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from flexora_trl.record import RECORD_NAME
+from tiny import flexora_trainer, lora_config
+
+INPUT = torch.tensor([[5, 17, 42, 99, 7, 123, 64, 3]])
+
+
+def adapter_tensors(directory):
+    return load_file(os.path.join(directory, "adapter_model.safetensors"))
+
+
+def record(directory):
+    with open(os.path.join(directory, RECORD_NAME)) as handle:
+        return json.load(handle)
+
+
+class LogCollector(TrainerCallback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+class StopAfterStep(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_end_to_end_adapter_is_plain_peft_on_the_selection(tiny_llama_dir, chat_examples, tmp_path):
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path / "out", chat_examples)
+    collector = LogCollector()
+    trainer.add_callback(collector)
+    trainer.train()
+    trainer.save_model()
+
+    chosen = record(tmp_path / "out")
+    selected = chosen["selected_layers"]
+    assert chosen["source"] == "search" and 1 <= len(selected) < 4
+    assert chosen["lora_params_selected"] == chosen["lora_params_all_blocks"] * len(selected) // 4
+    assert len(chosen["alpha_trajectory"]) == chosen["search_outer_steps"] > 0
+    assert chosen["finetune_seconds"] > 0 and chosen["search_seconds"] > 0
+    assert os.path.exists(tmp_path / "out" / "flexora_gates.png")
+
+    with open(tmp_path / "out" / "adapter_config.json") as handle:
+        config = json.load(handle)
+    assert config["layers_to_transform"] == selected and config["layers_pattern"] == "layers"
+    blocks_in_file = {int(name.split("layers.")[1].split(".")[0]) for name in adapter_tensors(tmp_path / "out")}
+    assert blocks_in_file == set(selected)
+
+    # No gate hook is left on the trained model, and the adapter reloads to the same logits.
+    assert not any(m._forward_hooks for n, m in trainer.model.named_modules() if "lora_B" in n)
+    trainer.model.eval()
+    with torch.no_grad():
+        trained = trainer.model(INPUT).logits
+        reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tmp_path / "out")
+        assert torch.equal(trained, reloaded.eval()(INPUT).logits)
+
+    # The gates were logged through the trainer's own logging (what tensorboard/wandb callbacks receive).
+    gate_logs = [log for log in collector.logs if "flexora/gate_0" in log]
+    assert gate_logs and all(f"flexora/gate_{b}" in gate_logs[-1] for b in range(4))
+    assert any("loss" in log for log in collector.logs)
+
+
+def test_gpt2_style_blocks_end_to_end(tiny_gpt2_dir, chat_examples, tmp_path):
+    peft_config = lora_config(target_modules=["c_attn"], fan_in_fan_out=True)
+    trainer = flexora_trainer(tiny_gpt2_dir, tmp_path, chat_examples, peft_config=peft_config,
+                              selection_rule="top_k", selection_top_k=2)
+    trainer.train()
+    trainer.save_model()
+    with open(tmp_path / "adapter_config.json") as handle:
+        config = json.load(handle)
+    assert config["layers_to_transform"] == record(tmp_path)["selected_layers"] and config["layers_pattern"] == "h"
+    assert len(config["layers_to_transform"]) == 2
+
+
+def test_skipping_the_search_with_the_same_blocks_gives_the_same_adapter(tiny_llama_dir, chat_examples, tmp_path):
+    searched = flexora_trainer(tiny_llama_dir, tmp_path / "search", chat_examples)
+    searched.train()
+    searched.save_model()
+    selected = record(tmp_path / "search")["selected_layers"]
+
+    given = flexora_trainer(tiny_llama_dir, tmp_path / "given", chat_examples, selected_layers=selected)
+    given.train()
+    given.save_model()
+    from_file = flexora_trainer(tiny_llama_dir, tmp_path / "file", chat_examples,
+                                selection_file=str(tmp_path / "search" / RECORD_NAME))
+    from_file.train()
+    from_file.save_model()
+
+    assert record(tmp_path / "given")["source"] == "given" and record(tmp_path / "given")["alpha"] is None
+    reference = adapter_tensors(tmp_path / "search")
+    for other in ("given", "file"):
+        tensors = adapter_tensors(tmp_path / other)
+        assert tensors.keys() == reference.keys()
+        assert all(torch.equal(tensors[k], reference[k]) for k in reference)
+
+
+def test_resume_skips_the_search_and_ends_with_the_same_adapter(tiny_llama_dir, chat_examples, tmp_path, caplog):
+    full = flexora_trainer(tiny_llama_dir, tmp_path / "full", chat_examples, save_strategy="steps", save_steps=3)
+    full.train()
+    full.save_model()
+
+    interrupted = flexora_trainer(tiny_llama_dir, tmp_path / "cut", chat_examples, save_strategy="steps", save_steps=3)
+    interrupted.add_callback(StopAfterStep(3))  # the run dies right after its first checkpoint
+    interrupted.train()
+    assert os.path.exists(tmp_path / "cut" / "checkpoint-3" / RECORD_NAME)
+    searched = record(tmp_path / "cut")
+
+    resumed = flexora_trainer(tiny_llama_dir, tmp_path / "cut", chat_examples, save_strategy="steps", save_steps=3)
+    with caplog.at_level(logging.INFO, logger="flexora_trl.trainer_mixin"):
+        resumed.train(resume_from_checkpoint=True)
+    resumed.save_model()
+    assert "no new search" in caplog.text
+    assert record(tmp_path / "cut")["alpha"] == searched["alpha"]  # the record of the search, not a new one
+    reference, tensors = adapter_tensors(tmp_path / "full"), adapter_tensors(tmp_path / "cut")
+    assert tensors.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(tensors[key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def test_an_earlier_run_in_output_dir_is_never_overwritten(tiny_llama_dir, chat_examples, tmp_path):
+    first = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples)
+    first.train()
+    before = (tmp_path / RECORD_NAME).read_text()
+    second = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples)
+    with pytest.raises(FileExistsError, match="selection_file"):
+        second.train()
+    assert (tmp_path / RECORD_NAME).read_text() == before
+
+
+def test_gradient_accumulation_checkpointing_and_eval_dataset(tiny_llama_dir, chat_examples, tmp_path):
+    trainer = flexora_trainer(
+        tiny_llama_dir, tmp_path, chat_examples[:64], eval_examples=chat_examples[64:],
+        gradient_accumulation_steps=2, gradient_checkpointing=True, per_device_train_batch_size=4,
+        search_validation="eval_dataset", search_samples=40,
+    )
+    trainer.train()
+    chosen = record(tmp_path)
+    assert chosen["search_inner_steps"] == 5  # ceil(40 samples / (4 per batch * 2 accumulated))
+    assert chosen["search_samples"] == 40
+
+
+def test_bf16_model_keeps_alpha_in_fp32(tiny_llama_dir, chat_examples, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, model=model, max_steps=2, bf16=True)
+    trainer.train()
+    alpha = record(tmp_path)["alpha"]
+    assert all(isinstance(v, float) and v == v for v in alpha.values())
+    assert any(v != 0 for v in alpha.values())
+
+
+def test_regex_target_modules_are_spelled_out_in_the_adapter(tiny_llama_dir, chat_examples, tmp_path):
+    peft_config = lora_config(target_modules=r".*\.(q_proj|v_proj)")
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, peft_config=peft_config,
+                              selected_layers=[1, 3], max_steps=2)
+    trainer.train()
+    trainer.save_model()
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tmp_path)
+    lora_blocks = {int(n.split("layers.")[1].split(".")[0]) for n, _ in reloaded.named_parameters() if "lora_" in n}
+    assert lora_blocks == {1, 3}
+
+
+# ---------------------------------------------------------------- errors, all before any training
+def test_no_lora_is_an_error(tiny_llama_dir, chat_examples, tmp_path):
+    with pytest.raises(ValueError, match="peft_config=LoraConfig"):
+        flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, peft_config=None)
+
+
+def test_non_lora_peft_is_an_error(tiny_llama_dir, chat_examples, tmp_path):
+    from peft import IA3Config
+
+    with pytest.raises(ValueError, match="needs a LoRA adapter.*IA3"):
+        flexora_trainer(tiny_llama_dir, tmp_path, chat_examples,
+                        peft_config=IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"],
+                                              task_type="CAUSAL_LM"))
+
+
+def test_dora_is_an_error(tiny_llama_dir, chat_examples, tmp_path):
+    with pytest.raises(ValueError, match="use_dora=False"):
+        flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, peft_config=lora_config(use_dora=True))
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(search_holdout_samples=96), "search_holdout_samples"),
+    (dict(search_validation="eval_dataset"), "no `eval_dataset`"),
+    (dict(selected_layers=[0, 7]), r"Selected blocks \[7\]"),
+    (dict(selection_file="/nonexistent/flexora_selection.json"), "selection_file"),
+    (dict(gate_lr=0.0), "gate_lr"),
+])
+def test_bad_setup_is_an_error_before_training(tiny_llama_dir, chat_examples, tmp_path, config, message):
+    with pytest.raises(ValueError, match=message):
+        flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, **config)
+    assert not os.path.exists(tmp_path / RECORD_NAME)
+
+
+def test_empty_eval_dataset_is_an_error(tiny_llama_dir, chat_examples, tmp_path):
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, search_validation="eval_dataset",
+                              eval_examples=chat_examples[:4])
+    trainer.eval_dataset = trainer.eval_dataset.select([])
+    with pytest.raises(ValueError, match="has 0 example"):
+        trainer.flexora_setup()
+
+
+def test_passing_an_optimizer_is_an_error(tiny_llama_dir, chat_examples, tmp_path):
+    from datasets import Dataset as HFDataset
+    from transformers import AutoTokenizer
+
+    from flexora_trl import FlexoraSFTConfig, FlexoraSFTTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="optimizers="):
+        FlexoraSFTTrainer(model=model, args=FlexoraSFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+                          train_dataset=HFDataset.from_list(chat_examples), peft_config=lora_config(),
+                          processing_class=AutoTokenizer.from_pretrained(tiny_llama_dir),
+                          optimizers=(optimizer, None))
