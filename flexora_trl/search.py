@@ -7,6 +7,7 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +15,7 @@ from accelerate.utils import reduce
 from tqdm.auto import tqdm
 
 from .gates import LayerGates
-from .hypergradient import get_strategy
+from .hypergradient import get_strategy, strategy_context
 from .options import FlexoraArguments
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class GateSearch:
         self.model = trainer.model
         self.gates = gates
         self.options = options
-        self.lora_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.lora_names, self.lora_params = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad])
         args = trainer.args
         self.inner_optimizer = torch.optim.AdamW(
             self.lora_params,
@@ -52,10 +53,16 @@ class GateSearch:
         self.hypergradient = get_strategy(options.hypergradient)
         self.accumulation = args.gradient_accumulation_steps
 
-    def loss(self, batch) -> torch.Tensor:
-        """The trainer's own loss (SFT's label masking, loss type...), under its mixed-precision autocast."""
+    def loss(self, batch, lora_weights=None) -> torch.Tensor:
+        """The trainer's own loss (SFT's label masking, loss type...), under its mixed-precision autocast.
+
+        `lora_weights` (tensors in the order of `lora_params`) stand in for the LoRA parameters for this one call,
+        without touching them: that is how the unrolled hypergradient evaluates theta_K(alpha).
+        """
+        model = self.model if lora_weights is None else _WithWeights(self.model, self.lora_names, lora_weights)
         with self.trainer.accelerator.autocast():
-            return self.trainer.compute_loss(self.model, batch)
+            # A shallow copy: compute_loss pops `labels` for custom losses, and look-ahead batches are used twice.
+            return self.trainer.compute_loss(model, dict(batch))
 
     @contextlib.contextmanager
     def lora_frozen(self):
@@ -88,14 +95,18 @@ class GateSearch:
         self.inner_optimizer.zero_grad(set_to_none=True)
         return total
 
-    def _outer_step(self, val_batches, train_batches) -> torch.Tensor:
+    def _outer_step(self, val_batches, lookahead) -> torch.Tensor:
         self.gate_optimizer.zero_grad(set_to_none=True)
-        val_loss = self.hypergradient(self, val_batches, train_batches)
+        val_loss = self.hypergradient(self, val_batches, lookahead)
         self._average_across_ranks([self.gates.alpha])
         self.gate_optimizer.step()
         return val_loss
 
     def run(self, train_loader, val_loader, num_inner_steps: int) -> SearchResult:
+        with strategy_context(self.options.hypergradient, self.model):
+            return self._run(train_loader, val_loader, num_inner_steps)
+
+    def _run(self, train_loader, val_loader, num_inner_steps: int) -> SearchResult:
         train_batches = _cycle(train_loader)
         val_batches = _cycle(val_loader)
         result = SearchResult(alpha={}, gates={})
@@ -106,13 +117,18 @@ class GateSearch:
             total=num_inner_steps, desc="Flexora search", disable=not self.trainer.is_local_process_zero()
             or self.trainer.args.disable_tqdm,
         )
+        # The micro-batches of the coming inner steps, fetched ahead so that an unrolled outer step differentiates
+        # through exactly the updates the inner loop is about to make.
+        upcoming = deque()
+        lookahead = self.options.unroll_steps if self.options.hypergradient == "unrolled" else 0
         for step in range(1, num_inner_steps + 1):
-            batches = [next(train_batches) for _ in range(self.accumulation)]
-            train_loss = self._inner_step(batches)
+            while len(upcoming) < 1 + lookahead:
+                upcoming.append([next(train_batches) for _ in range(self.accumulation)])
+            train_loss = self._inner_step(upcoming.popleft())
             logs = {"flexora/search_loss": _mean_across_ranks(self.trainer, train_loss)}
             if step % self.options.search_outer_every == 0:
                 val = [next(val_batches) for _ in range(self.options.search_val_batches)]
-                val_loss = self._outer_step(val, batches)
+                val_loss = self._outer_step(val, list(upcoming)[:lookahead])
                 result.outer_steps += 1
                 if not (torch.isfinite(val_loss) and torch.isfinite(self.gates.alpha).all()):
                     with torch.no_grad():
@@ -148,6 +164,25 @@ class GateSearch:
             self.trainer.log(logs)
         finally:
             state.global_step = saved_step
+
+
+class _WithWeights(torch.nn.Module):
+    """The model with some parameters replaced by given tensors for one forward (torch.func.functional_call), and
+    every other attribute read through, so the trainer's `compute_loss` can take it for the real model."""
+
+    def __init__(self, model, names, weights):
+        super().__init__()
+        self.wrapped = model
+        self.weights = dict(zip(names, weights))
+
+    def forward(self, *args, **kwargs):
+        return torch.func.functional_call(self.wrapped, self.weights, args, kwargs, strict=False)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.wrapped, name)
 
 
 def _mean_across_ranks(trainer, value: torch.Tensor) -> float:

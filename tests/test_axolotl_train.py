@@ -99,6 +99,21 @@ def test_chat_template_with_the_python_launcher_and_the_eval_split(tiny_llama_di
     assert selected == sorted(int(block) for block in top_two)
 
 
+def test_qlora_on_a_4bit_base(tiny_llama_dir, tmp_path):
+    """The QLoRA path (bitsandbytes 4-bit base, LoRA on every linear layer) searches and saves a plain adapter."""
+    pytest.importorskip("bitsandbytes")
+    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(64))
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "cfg.yml", base_config(
+        tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}],
+        adapter="qlora", load_in_4bit=True, lora_target_linear=True, lora_target_modules=None))
+    run(axolotl_cli() + ["train", cfg, "--launcher", "python"], cwd=tmp_path)
+    check_flexora_output(out, num_layers=4)
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"}
+
+
 def test_resume_from_a_checkpoint_keeps_the_selection(tiny_llama_dir, tmp_path):
     """`resume_from_checkpoint` restores the interrupted run's blocks from the record; it never searches again."""
     data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(64))
@@ -128,7 +143,7 @@ def test_cpu_recipe_on_smollm2_with_a_short_budget(tmp_path):
     cfg = yaml.safe_load((RECIPES / "smollm2-135m-flexora-cpu.yml").read_text())
     out = tmp_path / "out"
     cfg.update(base_model=model_dir, output_dir=str(out), dataset_prepared_path=str(tmp_path / "prepared"),
-               max_steps=2, val_set_size=0.0, evals_per_epoch=None)
+               max_steps=2, val_set_size=0.0, eval_steps=None)
     cfg["flexora"].update(search_samples=8, search_holdout_samples=8, search_val_batches=1)
     cfg = {k: v for k, v in cfg.items() if v is not None}
     run(axolotl_cli() + ["train", write_config(tmp_path / "cfg.yml", cfg), "--launcher", "python"], cwd=REPO)
