@@ -1,20 +1,22 @@
-"""Flexora layer selection for LoRA fine-tuning (arXiv 2408.10774), as a TRL trainer."""
+"""Flexora layer selection for LoRA fine-tuning (arXiv 2408.10774), as a TRL trainer and an Axolotl plugin core."""
 
 from .options import FlexoraArguments
-from .trainer_mixin import FlexoraTrainerMixin
 
 __all__ = ["FlexoraArguments", "FlexoraTrainerMixin", "FlexoraSFTConfig", "FlexoraSFTTrainer"]
 __version__ = "0.1.0"
 
+# The heavy front doors (torch, peft, trl) load on first use, so `flexora_trl.options` stays a cheap import for
+# the Axolotl config schema and for tools that only read the option list.
+_LAZY = {
+    "FlexoraTrainerMixin": ".trainer_mixin",
+    "FlexoraSFTConfig": ".config",
+    "FlexoraSFTTrainer": ".trainer",
+}
+
 
 def __getattr__(name):
-    # The TRL front door imports trl lazily, so `flexora_trl.options` / the mixin stay cheap for the Axolotl plugin.
-    if name == "FlexoraSFTConfig":
-        from .config import FlexoraSFTConfig
+    if name in _LAZY:
+        from importlib import import_module
 
-        return FlexoraSFTConfig
-    if name == "FlexoraSFTTrainer":
-        from .trainer import FlexoraSFTTrainer
-
-        return FlexoraSFTTrainer
-    raise AttributeError(name)
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'flexora_trl' has no attribute {name!r}")

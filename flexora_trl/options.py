@@ -63,8 +63,9 @@ class FlexoraArguments:
     hypergradient: str = field(
         default="first_order",
         metadata={"help": "How alpha's gradient is taken: `first_order` = gradient of the validation loss at the "
-                  "current LoRA weights (the authors' code, DARTS first order); `unrolled` = differentiate through "
-                  "`unroll_steps` inner updates."},
+                  "current LoRA weights (the authors' code, DARTS first order); `unrolled` = gradient of the "
+                  "validation loss after `unroll_steps` differentiable AdamW-style updates of the LoRA weights on the "
+                  "coming training batches (the paper's unrolled differentiation; eager attention during the search)."},
     )
     unroll_steps: int = field(
         default=1,

@@ -56,6 +56,7 @@ class FlexoraTrainerMixin:
                 "Flexora replaces the LoRA after the search, so it builds its own optimizer: do not pass "
                 "`optimizers=(optimizer, scheduler)`; use `optim`/`lr_scheduler_type` in the config instead."
             )
+        _check_distributed_backend(self.args)
         self.flexora_blocks = map_lora_blocks(model)
         self.flexora_selection_given = self._given_selection()
         if self.flexora_selection_given is None:
@@ -262,6 +263,25 @@ class FlexoraTrainerMixin:
         """Save the (plain PEFT) adapter as usual, with the selection record beside it (checkpoints included)."""
         super().save_model(output_dir, _internal_call=_internal_call)
         self._write_record(output_dir or self.args.output_dir)
+
+
+def _check_distributed_backend(args) -> None:
+    """The search runs on the unwrapped model before the Trainer prepares it: fine for DDP (tested) and for
+    DeepSpeed ZeRO-1/2 (untested), wrong where the weights are already sharded (ZeRO-3, FSDP)."""
+    deepspeed = getattr(args, "deepspeed_plugin", None)
+    if deepspeed is not None and deepspeed.zero_stage == 3:
+        raise ValueError(
+            "Flexora does not support DeepSpeed ZeRO-3 yet: its search runs on the model before the Trainer wraps "
+            "it, and ZeRO-3 has already partitioned the weights. Use DDP (torchrun / accelerate launch) or ZeRO-2."
+        )
+    if getattr(args, "fsdp", None):
+        raise ValueError(
+            "Flexora does not support FSDP yet: its search runs on the unsharded model before the Trainer wraps it. "
+            "Use DDP (torchrun / accelerate launch) or DeepSpeed ZeRO-2."
+        )
+    if deepspeed is not None:
+        logger.warning("Flexora under DeepSpeed ZeRO-%d is untested; DDP is the tested multi-GPU setup.",
+                       deepspeed.zero_stage)
 
 
 def _length(dataset, name: str) -> int:

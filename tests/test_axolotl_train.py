@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,14 @@ def load_tensors(path: Path) -> dict:
     return load_file(str(path))
 
 
+def axolotl_train(cfg: str, cwd: Path, *options: str) -> str:
+    """`axolotl train cfg [options]`; returns its output, and checks that no example was dropped as too long."""
+    result = run(axolotl_cli() + ["train", cfg, *options], cwd=cwd)
+    output = result.stdout + result.stderr
+    assert not re.search(r"Dropped [1-9]\d* (short )?sequences", output)
+    return output
+
+
 def block_of(name: str) -> int:
     return int(name.split(".layers.")[1].split(".")[0])
 
@@ -43,14 +52,14 @@ def check_flexora_output(out: Path, num_layers: int) -> list[int]:
     return selected
 
 
-def load_adapter(base_dir: str, out: Path):
-    """The saved adapter loads with plain PEFT, LoRA layers only on the chosen blocks."""
+def lora_blocks_after_loading(base_dir: str, out: Path) -> set[int]:
+    """Load the saved adapter with plain PEFT and report the blocks that got LoRA layers."""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(out))
-    return model, {block_of(name) for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+    return {block_of(name) for name, module in model.named_modules() if isinstance(module, LoraLayer)}
 
 
 def test_alpaca_with_the_default_launcher_then_merge_lora(tiny_llama_dir, tmp_path):
@@ -59,10 +68,9 @@ def test_alpaca_with_the_default_launcher_then_merge_lora(tiny_llama_dir, tmp_pa
     cfg = write_config(tmp_path / "cfg.yml", base_config(
         tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}]))
 
-    run(axolotl_cli() + ["train", cfg], cwd=tmp_path)
+    axolotl_train(cfg, tmp_path)
     selected = check_flexora_output(out, num_layers=4)
-    _, lora_blocks = load_adapter(tiny_llama_dir, out)
-    assert lora_blocks == set(selected)
+    assert lora_blocks_after_loading(tiny_llama_dir, out) == set(selected)
 
     run(axolotl_cli() + ["merge-lora", cfg, f"--lora-model-dir={out}"], cwd=tmp_path)
     base = load_tensors(Path(tiny_llama_dir) / "model.safetensors")
@@ -89,7 +97,7 @@ def test_chat_template_with_the_python_launcher_and_the_eval_split(tiny_llama_di
         [{"path": data, "type": "chat_template", "field_messages": "messages", "ds_type": "json"}],
         chat_template="tokenizer_default", val_set_size=0.25, flexora=flexora))
 
-    run(axolotl_cli() + ["train", cfg, "--launcher", "python"], cwd=tmp_path)
+    axolotl_train(cfg, tmp_path, "--launcher", "python")
     selected = check_flexora_output(out, num_layers=4)
     record = json.loads((out / "flexora_selection.json").read_text())
     assert len(selected) == 2
@@ -107,7 +115,7 @@ def test_qlora_on_a_4bit_base(tiny_llama_dir, tmp_path):
     cfg = write_config(tmp_path / "cfg.yml", base_config(
         tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}],
         adapter="qlora", load_in_4bit=True, lora_target_linear=True, lora_target_modules=None))
-    run(axolotl_cli() + ["train", cfg, "--launcher", "python"], cwd=tmp_path)
+    axolotl_train(cfg, tmp_path, "--launcher", "python")
     check_flexora_output(out, num_layers=4)
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -120,15 +128,13 @@ def test_resume_from_a_checkpoint_keeps_the_selection(tiny_llama_dir, tmp_path):
     out = tmp_path / "out"
     cfg = base_config(tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}],
                       save_strategy="steps", save_steps=2, max_steps=4)
-    first = run(axolotl_cli() + ["train", write_config(tmp_path / "cfg.yml", cfg), "--launcher", "python"],
-                cwd=tmp_path)
+    first = axolotl_train(write_config(tmp_path / "cfg.yml", cfg), tmp_path, "--launcher", "python")
     selected = check_flexora_output(out, num_layers=4)
-    assert "Flexora search" in first.stderr + first.stdout
+    assert "Flexora search" in first
 
     cfg.update(resume_from_checkpoint=str(out / "checkpoint-2"), max_steps=6)
-    resumed = run(axolotl_cli() + ["train", write_config(tmp_path / "resume.yml", cfg), "--launcher", "python"],
-                  cwd=tmp_path)
-    assert "Flexora search" not in resumed.stderr + resumed.stdout
+    resumed = axolotl_train(write_config(tmp_path / "resume.yml", cfg), tmp_path, "--launcher", "python")
+    assert "Flexora search" not in resumed
     assert check_flexora_output(out, num_layers=4) == selected
     assert json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
 
@@ -146,5 +152,5 @@ def test_cpu_recipe_on_smollm2_with_a_short_budget(tmp_path):
                max_steps=2, val_set_size=0.0, eval_steps=None)
     cfg["flexora"].update(search_samples=8, search_holdout_samples=8, search_val_batches=1)
     cfg = {k: v for k, v in cfg.items() if v is not None}
-    run(axolotl_cli() + ["train", write_config(tmp_path / "cfg.yml", cfg), "--launcher", "python"], cwd=REPO)
+    axolotl_train(write_config(tmp_path / "cfg.yml", cfg), REPO, "--launcher", "python")
     check_flexora_output(out, num_layers=30)

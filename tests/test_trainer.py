@@ -230,3 +230,15 @@ def test_passing_an_optimizer_is_an_error(tiny_llama_dir, chat_examples, tmp_pat
                           train_dataset=HFDataset.from_list(chat_examples), peft_config=lora_config(),
                           processing_class=AutoTokenizer.from_pretrained(tiny_llama_dir),
                           optimizers=(optimizer, None))
+
+
+def test_sharded_backends_are_refused_with_a_clear_message():
+    """FSDP needs torchrun to even build TrainingArguments, so the check is exercised on its own here."""
+    from types import SimpleNamespace
+
+    from flexora_trl.trainer_mixin import _check_distributed_backend
+
+    with pytest.raises(ValueError, match="does not support FSDP"):
+        _check_distributed_backend(SimpleNamespace(fsdp=["full_shard"], deepspeed_plugin=None))
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        _check_distributed_backend(SimpleNamespace(fsdp=[], deepspeed_plugin=SimpleNamespace(zero_stage=3)))

@@ -1,0 +1,107 @@
+"""Multiple-choice tasks from the `bigbench==1.0.0` sdist on PyPI, read from a local cache (never committed).
+
+Only the chosen `task.json` files are extracted, into `~/.cache/flexora/bigbench/<task>/task.json`
+(`$FLEXORA_CACHE/bigbench` if set). The loader never downloads anything; when a file is missing it prints the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SDIST = "bigbench==1.0.0"
+SDIST_URL_HINT = "https://pypi.org/simple/bigbench/"
+
+# Short prompts: the task's question in one line, then the answer after "Answer:". Choices are scored as " <choice>".
+TEMPLATES = {
+    "sports_understanding": "Is the following sentence plausible? {input}\nAnswer:",
+    "navigate": "If you follow these instructions, do you return to the starting point? {input}\nAnswer:",
+    "implicatures": "Does Speaker 2 mean yes or no? {input}\nAnswer:",
+    "hyperbaton": "{input}\nAnswer:",
+    "strategyqa": "Question: {input}\nAnswer:",
+    "metaphor_boolean": "Does the second sentence paraphrase the metaphor? {input}\nAnswer:",
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FLEXORA_CACHE") or Path.home() / ".cache" / "flexora"
+    return Path(root).expanduser() / "bigbench"
+
+
+def missing_message(task: str) -> str:
+    cache = cache_dir()
+    return (
+        f"BIG-bench task file {cache / task / 'task.json'} not found. It comes from the PyPI sdist {SDIST} (358 MB); "
+        "extract only the task files you need (the sdist's metadata step fails under `pip download`, so fetch the "
+        "file itself from the PyPI simple index):\n\n"
+        f"    mkdir -p ~/.cache/flexora/bigbench-sdist {cache}\n"
+        f"    URL=$(curl -s {SDIST_URL_HINT} | grep -o 'https://[^\"#]*bigbench-1.0.0.tar.gz' | head -1)\n"
+        "    curl -L -o ~/.cache/flexora/bigbench-sdist/bigbench-1.0.0.tar.gz \"$URL\"\n"
+        f"    tar xzf ~/.cache/flexora/bigbench-sdist/bigbench-1.0.0.tar.gz -C {cache} --strip-components=3 \\\n"
+        f"        bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json\n\n"
+        "(sha256 of the sdist: 1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2). "
+        "Never commit the data."
+    )
+
+
+@dataclass
+class Example:
+    prompt: str
+    choices: list[str]
+    answer: int  # index of the correct choice
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: list[Example]
+    test: list[Example]
+
+    @property
+    def chance(self) -> float:
+        return float(np.mean([1.0 / len(e.choices) for e in self.test]))
+
+
+def load_task(name: str, n_train: int, n_test: int, split_seed: int = 1234, tokenizer=None,
+              max_length: int | None = None) -> TaskData:
+    """Fixed-seed split of the task's examples into disjoint test and train sets (test drawn first).
+
+    With a tokenizer and max_length, examples whose prompt + longest choice do not fit are dropped before splitting,
+    so nothing is truncated in training or scoring.
+    """
+    path = cache_dir() / name / "task.json"
+    if not path.is_file():
+        raise SystemExit(missing_message(name))
+    with open(path) as handle:
+        raw = json.load(handle)
+    template = TEMPLATES.get(name, "{input}\nAnswer:")
+    examples = []
+    for item in raw["examples"]:
+        scores = item.get("target_scores")
+        if not scores:
+            continue
+        choices = list(scores)
+        answer = max(range(len(choices)), key=lambda i: scores[choices[i]])
+        if sum(1 for c in choices if scores[c] == scores[choices[answer]]) != 1:
+            continue  # ambiguous gold
+        prompt = template.format(input=" ".join(item["input"].split()))
+        examples.append(Example(prompt, [f" {c}" for c in choices], answer))
+    if tokenizer is not None and max_length is not None:
+        def fits(e):
+            return max(len(tokenizer(e.prompt + c)["input_ids"]) for c in e.choices) + 1 <= max_length
+        examples = [e for e in examples if fits(e)]
+    order = np.random.default_rng(split_seed).permutation(len(examples))
+    if n_test + n_train > len(examples):
+        raise SystemExit(f"{name}: {len(examples)} usable examples, fewer than n_test + n_train = {n_test + n_train}")
+    test = [examples[i] for i in order[:n_test]]
+    train = [examples[i] for i in order[n_test : n_test + n_train]]
+    return TaskData(name, train, test)
+
+
+def to_sft_rows(examples: list[Example]) -> list[dict]:
+    """Prompt-completion rows for TRL (loss on the completion only): the correct choice is the completion."""
+    return [{"prompt": e.prompt, "completion": e.choices[e.answer]} for e in examples]
