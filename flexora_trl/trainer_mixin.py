@@ -20,7 +20,7 @@ from peft import PeftModel, PeftType
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .adapter import check_reinitialisable, count_trainable, restrict_lora_to_blocks
+from .adapter import check_reinitialisable, count_trainable, reinitialise_lora, restrict_lora_to_blocks
 from .blocks import map_lora_blocks
 from .gates import LayerGates
 from .options import FlexoraArguments
@@ -170,18 +170,28 @@ class FlexoraTrainerMixin:
 
     def _search_and_select(self) -> dict:
         options, args = self.flexora_args, self.args
+        # The LoRA was initialised before the Trainer seeded anything: start the search from the seed.
+        set_seed(args.seed)
+        reinitialise_lora(self.model, self.flexora_blocks)
         gates = LayerGates(self.flexora_blocks, device=next(p for p in self.model.parameters() if p.requires_grad).device)
         try:
             train_loader, val_loader, samples = self._search_dataloaders()
             per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
             steps = options.search_steps or max(1, math.ceil(samples / per_step))
-            if args.gradient_checkpointing:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+            self._search_gradient_checkpointing()
             logger.info("Flexora: searching over %d blocks for %d inner steps (%d samples).",
                         len(gates.blocks), steps, samples)
             result = GateSearch(self, gates, options).run(train_loader, val_loader, steps)
         finally:
             gates.remove()
+            if args.gradient_checkpointing:  # back to the user's own checkpointing settings for the fine-tune
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        if result.stopped_early and not result.trajectory:
+            raise FloatingPointError(
+                f"Flexora's search stopped at once ({result.stopped_early}): no gate update succeeded, so there is "
+                "nothing to select from. Check the data (examples with no trainable tokens), the learning rates and "
+                "the model's weights; nothing was written."
+            )
         if hasattr(self, "_metrics"):  # TRL's per-step metric buffers: the fine-tune logs start clean
             for buffer in self._metrics.values():
                 buffer.clear()
@@ -199,6 +209,16 @@ class FlexoraTrainerMixin:
             search_stopped_early=result.stopped_early,
         )
         return record
+
+    def _search_gradient_checkpointing(self) -> None:
+        """The Trainer turns checkpointing on only inside `train()`; the search needs it as well. Reentrant
+        checkpointing has no second-order graph, so the unrolled hypergradient runs the search non-reentrant."""
+        if not self.args.gradient_checkpointing:
+            return
+        kwargs = dict(self.args.gradient_checkpointing_kwargs or {})
+        if self.flexora_args.hypergradient == "unrolled":
+            kwargs["use_reentrant"] = False
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def _search_dataloaders(self):
         """Held-out validation and search subsets drawn with the seed, loaded by the trainer's own dataloaders."""

@@ -139,15 +139,6 @@ def test_eval_dataset_validation_needs_an_eval_split():
     validate(config(flexora={}))  # the default hold-out needs no eval split
 
 
-def test_unrolled_hypergradient_needs_non_reentrant_checkpointing():
-    block = {"hypergradient": "unrolled"}
-    with pytest.raises(ValueError, match=r"gradient_checkpointing_kwargs: \{use_reentrant: false\}"):
-        validate(config(flexora=block, gradient_checkpointing=True))
-    validate(config(flexora=block, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}))
-    validate(config(flexora=block))
-    validate(config(flexora={}, gradient_checkpointing=True))  # first order works with Axolotl's default
-
-
 def test_plugin_refuses_a_trainer_supplied_by_another_plugin():
     from axolotl.utils.dict import DictDefault
 

@@ -87,6 +87,21 @@ def test_alpaca_with_the_default_launcher_then_merge_lora(tiny_llama_dir, tmp_pa
             assert (merged[key] == weight).all(), f"{key} changed but has no LoRA"
 
 
+def test_unrolled_hypergradient_with_axolotls_reentrant_checkpointing(tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(64))
+    out = tmp_path / "out"
+    flexora = {"search_samples": 16, "search_holdout_samples": 8, "hypergradient": "unrolled", "unroll_steps": 2}
+    cfg = write_config(tmp_path / "cfg.yml", base_config(
+        tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}],
+        gradient_checkpointing=True, flexora=flexora))
+
+    axolotl_train(cfg, tmp_path, "--launcher", "python")
+    check_flexora_output(out, num_layers=4)
+    record = json.loads((out / "flexora_selection.json").read_text())
+    assert record["options"]["hypergradient"] == "unrolled" and record["search_outer_steps"] > 0
+    assert any(value != 0 for value in record["alpha"].values())
+
+
 def test_chat_template_with_the_python_launcher_and_the_eval_split(tiny_llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "chat.jsonl", make_examples(64))
     out = tmp_path / "out"
@@ -95,9 +110,10 @@ def test_chat_template_with_the_python_launcher_and_the_eval_split(tiny_llama_di
     cfg = write_config(tmp_path / "cfg.yml", base_config(
         tiny_llama_dir, str(out),
         [{"path": data, "type": "chat_template", "field_messages": "messages", "ds_type": "json"}],
-        chat_template="tokenizer_default", val_set_size=0.25, flexora=flexora))
+        chat_template="tokenizer_default", val_set_size=0.25, eval_steps=2, flexora=flexora))
 
-    axolotl_train(cfg, tmp_path, "--launcher", "python")
+    output = axolotl_train(cfg, tmp_path, "--launcher", "python")
+    assert "'eval_loss'" in output  # Axolotl's evaluation runs on the fine-tuned, restricted adapter
     selected = check_flexora_output(out, num_layers=4)
     record = json.loads((out / "flexora_selection.json").read_text())
     assert len(selected) == 2

@@ -101,8 +101,10 @@ def test_unrolled_differs_from_first_order(search_setup):
 
 
 def test_unrolled_search_end_to_end_with_accumulation(tiny_llama_dir, chat_examples, tmp_path):
+    # Reentrant checkpointing (Axolotl's default) has no second-order graph: the search runs non-reentrant.
     trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, hypergradient="unrolled", unroll_steps=2,
-                              gradient_accumulation_steps=2, per_device_train_batch_size=4, max_steps=2)
+                              gradient_accumulation_steps=2, per_device_train_batch_size=4, max_steps=2,
+                              gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
     assert trainer.model.get_base_model().config._attn_implementation != "eager"
     trainer.train()
     record = trainer.flexora_record

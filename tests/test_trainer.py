@@ -242,3 +242,44 @@ def test_sharded_backends_are_refused_with_a_clear_message():
         _check_distributed_backend(SimpleNamespace(fsdp=["full_shard"], deepspeed_plugin=None))
     with pytest.raises(ValueError, match="ZeRO-3"):
         _check_distributed_backend(SimpleNamespace(fsdp=[], deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+
+
+def test_non_finite_loss_mid_search_stops_with_the_last_good_alpha(tiny_llama_dir, chat_examples, tmp_path, caplog):
+    from flexora_trl.gates import LayerGates
+    from flexora_trl.search import GateSearch
+
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, loss_type="nll")
+    train_loader, val_loader, _ = trainer._search_dataloaders()
+    batches, val = list(train_loader)[:6], list(val_loader)
+    batches[3]["labels"] = torch.full_like(batches[3]["labels"], -100)  # no trainable token: the loss is 0/0
+    gates = LayerGates(trainer.flexora_blocks)
+    with caplog.at_level(logging.WARNING, logger="flexora_trl.search"):
+        result = GateSearch(trainer, gates, trainer.flexora_args).run(batches, val, 6)
+    assert "non-finite" in result.stopped_early and "last good alpha" in caplog.text
+    assert result.inner_steps == 3 and len(result.trajectory) == 3
+    assert list(result.alpha.values()) == result.trajectory[-1] and all(v == v for v in result.alpha.values())
+
+
+def test_a_search_that_never_has_a_finite_loss_is_an_error(tiny_llama_dir, chat_examples, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    with torch.no_grad():
+        model.model.layers[2].mlp.down_proj.weight[0, 0] = float("nan")  # a corrupted checkpoint
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, model=model)
+    with pytest.raises(FloatingPointError, match="no gate update succeeded"):
+        trainer.train()
+    assert not os.path.exists(tmp_path / RECORD_NAME)
+
+
+@pytest.mark.parametrize("size, message", [(0, "`train_dataset` is empty"), (10, "search_holdout_samples")])
+def test_empty_or_tiny_training_set_is_an_error(tiny_llama_dir, chat_examples, tmp_path, size, message):
+    with pytest.raises(ValueError, match=message):
+        flexora_trainer(tiny_llama_dir, tmp_path, chat_examples[:size])
+
+
+def test_same_seed_same_selection(tiny_llama_dir, chat_examples, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        trainer = flexora_trainer(tiny_llama_dir, tmp_path / name, chat_examples, max_steps=1)
+        trainer.train()
+        runs.append(record(tmp_path / name))
+    assert runs[0]["alpha"] == runs[1]["alpha"] and runs[0]["selected_layers"] == runs[1]["selected_layers"]
