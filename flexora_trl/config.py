@@ -18,5 +18,5 @@ class FlexoraSFTConfig(SFTConfig, FlexoraArguments):
     """
 
     def __post_init__(self):
+        self.validate()  # Flexora's own options first: they need nothing from the rest of the config
         super().__post_init__()
-        self.validate()
