@@ -20,7 +20,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, batch_size=32):
     return outputs
 
 
-def teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=0.02, max_new_tokens=10, seed=0):
+def teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=0.4, max_new_tokens=10, seed=0):
     """Prompt-completion rows whose completions are the teacher's greedy answers (teacher = base + a random LoRA
     delta, `lora_B ~ N(0, b_std)`, on `planted_blocks` only)."""
     from peft import LoraConfig, get_peft_model

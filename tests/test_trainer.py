@@ -251,10 +251,19 @@ def test_non_finite_loss_mid_search_stops_with_the_last_good_alpha(tiny_llama_di
     trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, loss_type="nll")
     train_loader, val_loader, _ = trainer._search_dataloaders()
     batches, val = list(train_loader)[:6], list(val_loader)
-    batches[3]["labels"] = torch.full_like(batches[3]["labels"], -100)  # no trainable token: the loss is 0/0
+    weight = trainer.model.get_base_model().model.layers[1].mlp.down_proj.weight
+
+    def overflowing_after_three_steps():
+        """Real batches; before the 4th, a base weight overflows (as an fp16 activation or weight can)."""
+        for index, batch in enumerate(batches):
+            if index == 3:
+                with torch.no_grad():
+                    weight[0, 0] = float("inf")
+            yield batch
+
     gates = LayerGates(trainer.flexora_blocks)
     with caplog.at_level(logging.WARNING, logger="flexora_trl.search"):
-        result = GateSearch(trainer, gates, trainer.flexora_args).run(batches, val, 6)
+        result = GateSearch(trainer, gates, trainer.flexora_args).run(overflowing_after_three_steps(), val, 6)
     assert "non-finite" in result.stopped_early and "last good alpha" in caplog.text
     assert result.inner_steps == 3 and len(result.trajectory) == 3
     assert list(result.alpha.values()) == result.trajectory[-1] and all(v == v for v in result.alpha.values())
