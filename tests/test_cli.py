@@ -42,3 +42,16 @@ def test_bad_option_on_the_command_line_names_the_key(tmp_path):
     done = subprocess.run([sys.executable, "-m", "flexora_trl.cli", "--model_name_or_path", "x", "--output_dir",
                            str(tmp_path), "--gate_lr", "-1"], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "`gate_lr` must be a number > 0" in done.stderr
+
+
+@pytest.mark.parametrize("recipe", ["trl-smollm2-flexora-cpu.yaml", "trl-llama3-8b-flexora-ddp.yaml"])
+def test_trl_recipes_parse(recipe, monkeypatch):
+    """Each TRL recipe is a valid `flexora-sft --config` (parsed only: no model or data is loaded)."""
+    from flexora_trl.cli import make_parser
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    script_args, training_args, model_args, _ = make_parser().parse_args_and_config(
+        args=["--config", os.path.join(REPO, "recipes", recipe), "--bf16", "false", "--use_cpu", "true"]
+    )
+    assert model_args.use_peft and model_args.lora_target_modules == ["q_proj", "v_proj"]
+    assert training_args.selection_rule == "positive" and training_args.search_samples > 0
