@@ -57,12 +57,20 @@ class GateSearch:
         """The trainer's own loss (SFT's label masking, loss type...), under its mixed-precision autocast.
 
         `lora_weights` (tensors in the order of `lora_params`) stand in for the LoRA parameters for this one call,
-        without touching them: that is how the unrolled hypergradient evaluates theta_K(alpha).
+        without touching them: that is how the unrolled hypergradient evaluates theta_K(alpha). That path needs a
+        double backward, which fused loss kernels (recent TRL's) lack, so it takes the next-token loss the model
+        computes from the collator's labels (TRL's `nll`), or the trainer's `compute_loss_func` if one is set.
         """
-        model = self.model if lora_weights is None else _WithWeights(self.model, self.lora_names, lora_weights)
+        batch = dict(batch)  # compute_loss pops `labels` for custom losses, and look-ahead batches are used twice
         with self.trainer.accelerator.autocast():
-            # A shallow copy: compute_loss pops `labels` for custom losses, and look-ahead batches are used twice.
-            return self.trainer.compute_loss(model, dict(batch))
+            if lora_weights is None:
+                return self.trainer.compute_loss(self.model, batch)
+            model = _WithWeights(self.model, self.lora_names, lora_weights)
+            custom_loss = getattr(self.trainer, "compute_loss_func", None)
+            if custom_loss is None:
+                return model(**batch, use_cache=False).loss
+            labels = batch.pop("labels")
+            return custom_loss(model(**batch, use_cache=False), labels, num_items_in_batch=None)
 
     @contextlib.contextmanager
     def lora_frozen(self):
