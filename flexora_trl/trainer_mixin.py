@@ -123,6 +123,7 @@ class FlexoraTrainerMixin:
         if checkpoint is not None:
             record = self._record_from_checkpoint(checkpoint)
         elif self.flexora_selection_given is not None:
+            self._refuse_to_overwrite(self.flexora_selection_given)
             record = self._record_for(self.flexora_selection_given, source="given")
         else:
             self._refuse_to_overwrite()
@@ -159,14 +160,19 @@ class FlexoraTrainerMixin:
             "Pass `selection_file` or `selected_layers` to say which blocks the checkpoint was trained on."
         )
 
-    def _refuse_to_overwrite(self) -> None:
+    def _refuse_to_overwrite(self, selected: list[int] | None = None) -> None:
+        """An earlier run's record in `output_dir` is only replaced by a run on the very same blocks."""
         path = os.path.join(self.args.output_dir, RECORD_NAME)
-        if os.path.exists(path):
-            raise FileExistsError(
-                f"{path} already holds the selection of an earlier Flexora run. Resume it with "
-                f"`resume_from_checkpoint`, reuse its selection with `selection_file='{path}'`, or choose another "
-                "`output_dir`; Flexora does not overwrite it silently."
-            )
+        if not os.path.exists(path):
+            return
+        earlier = read_selection(path)
+        if selected is not None and sorted(earlier) == sorted(selected):
+            return
+        raise FileExistsError(
+            f"{path} already holds the selection of an earlier Flexora run (blocks {earlier}). Resume it with "
+            f"`resume_from_checkpoint`, reuse its selection with `selection_file='{path}'`, or choose another "
+            "`output_dir`; Flexora does not overwrite it silently."
+        )
 
     def _search_and_select(self) -> dict:
         options, args = self.flexora_args, self.args

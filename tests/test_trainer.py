@@ -141,7 +141,13 @@ def test_an_earlier_run_in_output_dir_is_never_overwritten(tiny_llama_dir, chat_
     second = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples)
     with pytest.raises(FileExistsError, match="selection_file"):
         second.train()
+    other_blocks = [b for b in range(4) if b not in record(tmp_path)["selected_layers"]][:1]
+    third = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, selected_layers=other_blocks)
+    with pytest.raises(FileExistsError, match="earlier Flexora run"):
+        third.train()
     assert (tmp_path / RECORD_NAME).read_text() == before
+    # Reusing the earlier selection in the same directory is fine.
+    flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, selection_file=str(tmp_path / RECORD_NAME)).train()
 
 
 def test_gradient_accumulation_checkpointing_and_eval_dataset(tiny_llama_dir, chat_examples, tmp_path):
