@@ -229,8 +229,8 @@ class Harness:
 
     def flexora_opts(self, **extra):
         p = self.profile
-        return dict(search_samples=p["search_samples"], search_holdout_samples=p["holdout"], search_val_batches=1,
-                    **extra)
+        return {"search_samples": p["search_samples"], "search_holdout_samples": p["holdout"],
+                "search_val_batches": 1, **extra}
 
     # -------------------------------------------------------------------------------------------- the parts
     def zero_shot(self, task_name):

@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+venv="${FLEXORA_VENV:-.venv}"
+export PATH="$(cd "$venv/bin" && pwd):$PATH"  # as if activated: axolotl's launcher execs `accelerate` from PATH
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 AXOLOTL_DO_NOT_TRACK=1
-exec "${FLEXORA_VENV:-.venv}/bin/python" -m flexora_trl.demo "$@"
+exec "$venv/bin/python" -m flexora_trl.demo "$@"

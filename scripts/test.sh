@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+venv="${FLEXORA_VENV:-.venv}"
+export PATH="$(cd "$venv/bin" && pwd):$PATH"  # as if activated: axolotl's launcher execs `accelerate` from PATH
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 AXOLOTL_DO_NOT_TRACK=1 WANDB_MODE=disabled
-exec "${FLEXORA_VENV:-.venv}/bin/python" -m pytest -p no:cacheprovider -q --durations=15 "$@"
+exec "$venv/bin/python" -m pytest -p no:cacheprovider -q --durations=15 "$@"
