@@ -98,3 +98,96 @@ def flexora_trainer(model_dir, output_dir, examples, peft_config="default", eval
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         peft_config=lora_config() if peft_config == "default" else peft_config,
     )
+
+
+# ---------------------------------------------------------------- planted-layer data (tests/test_planted.py)
+def build_sharp_llama(tokenizer, num_layers: int = 6, head_scale: float = 10.0, vocab_size: int | None = None,
+                      seed: int = 0):
+    """`build_model`'s tiny Llama (hidden 64, init 0.02, so every block stays close to the identity) with its
+    `lm_head` scaled up so the next-token distributions are sharp rather than uniform (entropy 5.7 nats at
+    vocab_size=1024 instead of ln V = 6.9; 4.5 instead of 5.7 at the tokenizer's 300). `vocab_size` may exceed the
+    tokenizer's for pretokenized data."""
+    import torch
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+    return model
+
+
+def next_token_kl(teacher, base, input_ids) -> float:
+    """Mean KL(teacher || base) of the next-token distributions over every position of `input_ids`; `base` may be
+    a model or its log-probabilities on `input_ids`, computed once."""
+    import torch
+
+    with torch.no_grad():
+        log_t = torch.log_softmax(teacher(input_ids).logits.float(), -1)
+        log_b = base if torch.is_tensor(base) else torch.log_softmax(base(input_ids).logits.float(), -1)
+    return (log_t.exp() * (log_t - log_b)).sum(-1).mean().item()
+
+
+def plant_delta(base, blocks, kl_per_block: float = 0.3, rank: int = 8, module: str = "down_proj", seed: int = 1):
+    """A teacher: a copy of `base` with a random rank-`rank` delta added to `mlp.<module>` of each planted block.
+
+    Each block's delta is scaled (bisection) so that on its own it moves the next-token distribution of random
+    token sequences by `kl_per_block` nats, so every planted block matters equally whatever its depth."""
+    import copy
+
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    probe = torch.randint(4, base.config.vocab_size, (32, 24), generator=generator)
+    with torch.no_grad():
+        base_log_probs = torch.log_softmax(base(probe).logits.float(), -1)
+    teacher = copy.deepcopy(base).eval()
+    deltas = {}
+    for block in blocks:
+        weight = getattr(teacher.model.layers[block].mlp, module).weight
+        delta = torch.randn(weight.shape[0], rank, generator=generator) @ torch.randn(rank, weight.shape[1],
+                                                                                      generator=generator)
+        original = weight.detach().clone()
+
+        def kl_at(scale):
+            with torch.no_grad():
+                weight.copy_(original + scale * delta)
+            return next_token_kl(teacher, base_log_probs, probe)
+
+        low, high = 0.0, 1e-3
+        while kl_at(high) < kl_per_block:
+            low, high = high, 2 * high
+            if high > 1e3:
+                raise ValueError(f"a delta in block {block} cannot move the next-token distribution by "
+                                 f"{kl_per_block} nats (is the base model's output flat? see build_sharp_llama)")
+        for _ in range(12):
+            middle = (low + high) / 2
+            low, high = (middle, high) if kl_at(middle) < kl_per_block else (low, middle)
+        deltas[block] = high * delta
+        with torch.no_grad():
+            weight.copy_(original)
+    with torch.no_grad():
+        for block, delta in deltas.items():
+            getattr(teacher.model.layers[block].mlp, module).weight.add_(delta)
+    return teacher
+
+
+def teacher_samples(teacher, count: int, prompt_tokens: int = 4, new_tokens: int = 20, seed: int = 1) -> list[dict]:
+    """Pretokenized SFT rows: random prompt tokens, then `new_tokens` sampled from the teacher (temperature 1) as the
+    completion (`completion_mask` marks them, so the loss is on the teacher's tokens only)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(4, teacher.config.vocab_size, (count, prompt_tokens), generator=generator)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        rows = teacher.generate(
+            prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None,
+            pad_token_id=teacher.config.pad_token_id,
+        )
+    mask = [0] * prompt_tokens + [1] * new_tokens
+    return [{"input_ids": row.tolist(), "completion_mask": mask} for row in rows]
