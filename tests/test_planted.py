@@ -1,24 +1,29 @@
-"""Planted-layer test of the search: a teacher differs from the base model only inside known blocks, generates the
-training data, and the real FlexoraSFTTrainer search (first-order hypergradient, the default) must give exactly those
+"""Planted-layer test of the search: a teacher differs from the base model only inside known blocks and generates the
+training data; the real FlexoraSFTTrainer search (first-order hypergradient, the default) must give exactly those
 blocks the largest alpha.
 
-Why this regime (measured, see the numbers in the test's docstring):
-- The base is a 6-block hidden-64 Llama whose blocks stay near the identity (init 0.02) but whose `lm_head` is scaled
-  x10, so the teacher's next-token distributions are sharp; with a flat random model the teacher's samples are nearly
-  uniform and a planted delta moves the data by ~0.02 nats/token, below the search's noise.
-- The teacher adds a random rank-8 delta to `mlp.down_proj` of each planted block, scaled so every planted block on
-  its own moves the next-token distribution by 0.3 nats (a delta of one size is worth 5x more in block 0 than in block
-  5, and the strongest planted block then takes all the signal).
-- The student's LoRA sits where the delta is (`down_proj`, whose input, the block's own MLP features, is the one thing
-  that differs between near-identity blocks), with rank 32 so that its random `A` already covers a quarter of the
-  planted block's features. With LoRA on every projection the search ranks the *last* blocks first whatever is
-  planted: the first-order hypergradient <dL_val/dy_l, lora_out_l> grows with how fast a block's LoRA learns, and
-  late attention/MLP LoRA learn any small change of the output distribution fastest.
-- vocab 1024 (pretokenized data, so the model may outgrow the tokenizer): MLP features of near-identity blocks are
-  functions of the current token, so with 300 tokens the 128 features of any block cover ~40% of what block p can
-  express and another block imitates the planted delta well enough to win one seed in nine.
-- 128 inner steps at lr 3e-3 (4 passes over 512 samples), gate_lr 0.05: early on a block next to a planted one often
-  leads; the planted block overtakes it once its LoRA `A` has turned towards the delta's features.
+The first-order hypergradient of block l is <dL_val/dy_l, lora_out_l>: how much the LoRA of block l, as trained so
+far, lowers the held-out loss. It names the planted blocks only where nothing else makes one block's LoRA move the
+held-out loss more than another's. What that took (each change measured alone with the trainer, 6 to 12 runs):
+- A sharp teacher. A random tiny Llama predicts an almost uniform next token, and a planted delta moved its samples
+  by ~0.02 nats/token, under the search's noise (recall 0.5 or worse). Here the blocks stay near the identity (init
+  0.02) but `lm_head` is scaled x10.
+- One size of effect per planted block: a delta of the same norm moves the output about twice as much in block 0 as
+  in block 3 (KL 0.51-0.59 against 0.27-0.29). Unscaled, recall stayed 1.0 in 6 runs but the weaker planted block
+  fell to alpha -0.41 in one; so each delta is scaled to move the output by 0.3 nats of KL on its own.
+- The student's LoRA where the delta is: `down_proj`, whose input (the block's own MLP features) is what tells
+  near-identity blocks apart. With LoRA on every projection, blocks 4 and 5 came first whatever was planted (recall
+  0.33 over 6 runs): the early blocks' LoRA on every projection moves the output most and overshoots most (in a
+  plain replica of the search with the gates held at 1 and the delta in blocks 1 and 4, the hypergradient summed
+  over 128 steps was -33 for block 0, -21 for block 1, -10 to -13 for blocks 2-5).
+  Rank 32 covers a quarter of a block's 128 MLP features from the start (rank 8 also passed 6 of 6 runs).
+- vocab 1024 (the data are pretokenized, so the model may outgrow the tokenizer): the MLP features of near-identity
+  blocks are functions of the current token, and with 300 tokens another block imitated the delta in 1 run of 12.
+- 128 inner steps at lr 3e-3 over 512 samples, gate_lr 0.05: with 32 steps a neighbour of a planted block still led
+  in 1 run of 6. Over 4 passes the non-planted blocks' LoRA overfits (held-out loss falls, then rises) and their
+  hypergradient turns negative; one pass over 2048 samples, with no overfitting, also gave recall 1.0 in 12 of 12
+  runs, with smaller margins (0.20 against 0.66).
+A sign-flipped hypergradient gives recall 0 on all three sets.
 """
 
 import pytest
@@ -31,7 +36,8 @@ SEARCH_SAMPLES, HOLDOUT = 512, 64
 
 @pytest.fixture
 def one_thread():
-    """One intra-op thread: 4x faster than two on a busy 2-core machine, and the same float sums on any machine."""
+    """One intra-op thread: ~4x faster than two on the busy 2-core machine, and sums that do not depend on the
+    machine's core count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -40,8 +46,10 @@ def one_thread():
 
 @pytest.mark.parametrize("planted", [(1, 4), (2, 5), (0, 3)], ids=lambda p: "blocks_" + "_".join(map(str, p)))
 def test_search_ranks_planted_blocks_first(planted, tiny_llama_dir, tmp_path, one_thread):
-    """Measured with seeds 0-3 on each set (12 runs): recall 1.0 in all, smallest alpha margin between the weakest
-    planted block and the strongest other block 0.66; each run 26-41 s on the shared 2-core machine."""
+    """Measured with seeds 0-3 on each set (12 runs): recall 1.0 in all; the weakest planted block leads the strongest
+    other block by 0.66 to 1.88 in alpha. Seed 0: alpha (1, 4) [-1.69, 1.40, 0.10, 0.19, 1.48, 0.03],
+    (2, 5) [-1.92, -1.29, 1.29, -0.30, -0.42, 1.40], (0, 3) [0.26, -1.53, -1.30, 1.48, -0.41, -0.45].
+    13-30 s a run on the shared 2-core machine, depending on its load."""
     seed = 0
     base = build_sharp_llama(build_tokenizer(), num_layers=6, head_scale=10.0, vocab_size=1024)
     teacher = plant_delta(base, planted, kl_per_block=0.3, rank=8, module="down_proj", seed=seed + 1)
