@@ -90,14 +90,16 @@ class GateSearch:
                     tensor.grad.copy_(reduce(tensor.grad, reduction="mean"))
 
     def _inner_step(self, batches) -> torch.Tensor:
-        """One LoRA optimizer step over `gradient_accumulation_steps` micro-batches, gates detached."""
+        """One LoRA optimizer step over `gradient_accumulation_steps` micro-batches, gates detached; returns the
+        loss averaged across ranks (a non-finite one skips the step on every rank alike)."""
         total = torch.zeros((), device=self.gates.alpha.device)
         for batch in batches:
             loss = self.loss(batch) / len(batches)
             loss.backward()
             total += loss.detach().float()
         self._average_across_ranks(self.lora_params)
-        if not torch.isfinite(_mean_tensor_across_ranks(self.trainer, total)):
+        total = _mean_across_ranks(self.trainer, total)
+        if not torch.isfinite(total):
             self.inner_optimizer.zero_grad(set_to_none=True)  # a non-finite step is not taken
             return total
         if self.trainer.args.max_grad_norm and self.trainer.args.max_grad_norm > 0:
@@ -136,14 +138,14 @@ class GateSearch:
             while len(upcoming) < 1 + lookahead:
                 upcoming.append([next(train_batches) for _ in range(self.accumulation)])
             train_loss = self._inner_step(upcoming.popleft())
-            logs = {"flexora/search_loss": _mean_across_ranks(self.trainer, train_loss)}
+            logs = {"flexora/search_loss": train_loss.item()}
             if not math.isfinite(logs["flexora/search_loss"]):
                 result.stopped_early = f"non-finite training loss at search step {step}"
                 logger.warning("Flexora: %s; stopping the search with the last good alpha.", result.stopped_early)
                 break
             if step % self.options.search_outer_every == 0:
                 val = [next(val_batches) for _ in range(self.options.search_val_batches)]
-                val_loss = _mean_tensor_across_ranks(self.trainer, self._outer_step(val, list(upcoming)[:lookahead]))
+                val_loss = _mean_across_ranks(self.trainer, self._outer_step(val, list(upcoming)[:lookahead]))
                 result.outer_steps += 1
                 if not (torch.isfinite(val_loss) and torch.isfinite(self.gates.alpha).all()):
                     with torch.no_grad():
@@ -196,13 +198,10 @@ class _WithWeights(torch.nn.Module):
             return getattr(self.wrapped, name)
 
 
-def _mean_tensor_across_ranks(trainer, value: torch.Tensor) -> torch.Tensor:
+def _mean_across_ranks(trainer, value: torch.Tensor) -> torch.Tensor:
     """Every rank sees the same value, so all of them take (or skip) the same steps."""
     return reduce(value, reduction="mean") if trainer.accelerator.num_processes > 1 else value
 
-
-def _mean_across_ranks(trainer, value: torch.Tensor) -> float:
-    return _mean_tensor_across_ranks(trainer, value).item()
 
 
 def _cycle(loader):
