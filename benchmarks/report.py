@@ -28,7 +28,8 @@ def summarise(results):
     """Per task and arm: means over seeds, and ratios to (a) computed seed by seed in the same run."""
     runs = results["runs"]
     rows = []
-    for task in dict.fromkeys(r["task"] for r in runs):
+    order = results["meta"]["settings"]["tasks"]
+    for task in sorted(dict.fromkeys(r["task"] for r in runs), key=lambda t: order.index(t) if t in order else 99):
         base = {r["seed"]: r for r in runs if r["task"] == task and r["arm"] == "lora_all"}
         for arm, label in ARMS:
             group = [r for r in runs if r["task"] == task and r["arm"] == arm]
@@ -66,10 +67,11 @@ def markdown(results):
              f"SmolLM2-135M-Instruct, LoRA r={meta['lora']['r']} alpha={meta['lora']['lora_alpha']} on "
              f"{'/'.join(meta['lora']['target_modules'])}; {s['n_train']} train / {s['n_test']} test examples per task "
              f"(fixed split seed 1234); {s['max_steps']} fine-tune steps x batch {meta['batch_size']}, "
-             f"lr {meta['learning_rate']} constant, max_length {meta['max_length']}; Flexora search: "
+             f"lr {meta['learning_rate']} constant, max_length {meta['max_length']}, gradient checkpointing off; "
+             "Flexora search: "
              f"search_samples={s['search_samples']}, holdout={s['holdout']}, 1 validation batch per outer step. "
-             f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores (shared), "
-             f"torch threads {meta['torch_threads']}. Memory: {meta['memory_method']}.", "",
+             f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
+             f"{meta.get('workers', 1)} worker processes x {meta['torch_threads']} torch thread. Memory: {meta['memory_method']}.", "",
              "Ratios are vs (a) of the same seed in the same run; time ratio = (search + fine-tune) / (a) fine-tune; "
              "accuracy is mean (sd) over the seeds listed.", "",
              "| task | arm | seeds | accuracy | answer loss | LoRA params | search s | fine-tune s | search/FT | "
@@ -114,6 +116,29 @@ def markdown(results):
             lines.append(f"| {r['search_samples']} | {r.get('search_inner_steps')} | {r['search_seconds']:.1f} | "
                          f"{_fmt(r['search_seconds'] / ft if ft else None, '.2f')} | {len(sel)} | {jac:.2f} | "
                          f"{sorted(sel)} |")
+    if results.get("speed"):
+        speed = {r["arm"]: r for r in results["speed"]}
+        base = speed.get("speed_lora_all")
+        upper = speed.get("speed_lora_upper")
+        lines += ["", "## Fine-tune speed on the upper half (blocks "
+                  f"{meta['speed_blocks'][0]}-{meta['speed_blocks'][-1]}), TRL's default gradient checkpointing on", "",
+                  "No search (Flexora is given the blocks); same seed, data and steps. Plain LoRA on a block subset "
+                  "still back-propagates (and recomputes) every block below it, because `enable_input_require_grads` "
+                  "makes the embeddings' output require grad; Flexora stops the backward pass at its lowest block.", "",
+                  "| run | LoRA params | steps | fine-tune s | s / step | vs LoRA all blocks | vs LoRA same blocks |",
+                  "|---|---|---|---|---|---|---|"]
+        names = {"speed_lora_all": "LoRA, all blocks (SFTTrainer)",
+                 "speed_lora_upper": "LoRA, upper blocks (SFTTrainer, layers_to_transform)",
+                 "speed_flexora_upper": "Flexora given the upper blocks"}
+        for arm, label in names.items():
+            r = speed.get(arm)
+            if r is None:
+                continue
+            ratio_all = r["finetune_seconds"] / base["finetune_seconds"] if base else None
+            ratio_upper = r["finetune_seconds"] / upper["finetune_seconds"] if upper else None
+            lines.append(f"| {label} | {r['trainable_params']:,} | {r['finetune_steps']} | {r['finetune_seconds']:.1f} | "
+                         f"{r['finetune_seconds'] / r['finetune_steps']:.2f} | {_fmt(ratio_all, '.2f')} | "
+                         f"{_fmt(ratio_upper, '.2f')} |")
     lines += ["", f"Command: `{meta['command']}`; last update {meta.get('updated')}"
               + ("" if meta.get("finished") else " (run not finished: partial results)") + "."]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ TEMPLATES = {
     "implicatures": "Does Speaker 2 mean yes or no? {input}\nAnswer:",
     "hyperbaton": "{input}\nAnswer:",
     "strategyqa": "Question: {input}\nAnswer:",
+    "intent_recognition": "What is the intent of the utterance? {input}\nIntent:",
     "metaphor_boolean": "Does the second sentence paraphrase the metaphor? {input}\nAnswer:",
 }
 

@@ -21,6 +21,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .adapter import check_reinitialisable, count_trainable, reinitialise_lora, restrict_lora_to_blocks
+from .backward_floor import BackwardFloor
 from .blocks import map_lora_blocks
 from .gates import LayerGates
 from .options import FlexoraArguments
@@ -129,8 +130,12 @@ class FlexoraTrainerMixin:
             self._refuse_to_overwrite()
             record = self._search_and_select()
         self._apply_selection(record)
+        floor = BackwardFloor(self.model, self.flexora_blocks, record["selected_layers"])
         start = time.perf_counter()
-        output = super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+        try:
+            output = super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+        finally:
+            floor.remove()
         self.flexora_record["finetune_seconds"] = round(time.perf_counter() - start, 3)
         self._write_record(self.args.output_dir)
         return output
