@@ -203,7 +203,6 @@ def _mean_across_ranks(trainer, value: torch.Tensor) -> torch.Tensor:
     return reduce(value, reduction="mean") if trainer.accelerator.num_processes > 1 else value
 
 
-
 def _cycle(loader):
     """Endless batches, reshuffling each pass (the sampler's epoch is advanced where it has one)."""
     for epoch in itertools.count():
