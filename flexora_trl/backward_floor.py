@@ -15,7 +15,6 @@ and state dict are unchanged, and `remove()` restores the original class.
 from __future__ import annotations
 
 import logging
-import re
 
 import torch
 
@@ -72,12 +71,11 @@ class BackwardFloor:
 
 def _trainable_outside(model, block_map: BlockMap, lowest: int) -> list[str]:
     """Names of trainable parameters that are not inside a block at or above `lowest`."""
-    inside = re.compile(rf"^{re.escape(block_map.stack)}\.(\d+)\.")
     names = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        match = inside.match(name)
-        if match is None or int(match[1]) < lowest:
+        block = block_map.block_of(name)
+        if block is None or block < lowest:
             names.append(name)
     return names

@@ -28,6 +28,11 @@ class BlockMap:
         """Blocks that carry LoRA, i.e. the candidates of the search."""
         return sorted(self.modules)
 
+    def block_of(self, name: str) -> int | None:
+        """The index of the block of this stack that a module or parameter name lies in, or None."""
+        match = _BLOCK_RE.match(name)
+        return int(match["index"]) if match is not None and match["stack"] == self.stack else None
+
 
 def map_lora_blocks(model) -> BlockMap:
     """Group the LoRA layers of `model` by block; raise a clear error for any that sit outside a block stack."""
