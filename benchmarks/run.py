@@ -1,23 +1,27 @@
-"""Flexora vs LoRA on SmolLM2-135M-Instruct and real BIG-bench multiple-choice tasks, side by side in one run.
+"""Flexora vs LoRA on SmolLM2-135M-Instruct: paired, per seed, in two regimes, with the peers a user would pick instead.
 
-    python -m benchmarks.run --quick          # smoke run, a few minutes
-    python -m benchmarks.run                  # the full benchmark (about 80 min on 2 cores, 2 worker processes)
+    python -m benchmarks.run --profile quick   # smoke run of every part (minutes)
+    python -m benchmarks.run --profile dev     # one task per regime, 2 seeds, planted blocks (<= 30 min on 2 cores)
+    python -m benchmarks.run --profile full    # the table in the README (<= 150 min on 2 cores)
+    python -m benchmarks.run --profile full --resume   # finish an interrupted run
 
-For every task and seed, with the same data, seed, steps and LoRA settings: (a) LoRA on all blocks (TRL SFTTrainer),
-(b) Flexora (FlexoraSFTTrainer, first-order hypergradient), (c) LoRA on a random set of as many blocks as Flexora kept
-(`layers_to_transform`), (d) the zero-shot base model; plus Flexora with the unrolled hypergradient, planted-layer
-recovery on the real model, a search-budget study and the fine-tune speed of a high selection. The work is split
-into jobs run by `--workers` processes (one torch thread each, a fresh process per job); results are written after
-every job (`benchmarks/results/results.json`, `results.md`, `results.png`), so an interrupted run leaves its partial
-results, and `--resume` skips the jobs already in the JSON.
+For every task, regime and seed, with the same data, data order, steps and LoRA settings: LoRA on all blocks (TRL
+SFTTrainer), Flexora (FlexoraSFTTrainer), LoRA on random blocks of the count Flexora kept (several draws), LoRA on the
+blocks the data-free Spectrum signal-to-noise ranking picks (same count), and the zero-shot base model. Around them:
+an all-linear-modules pair per task, planted-block recovery on the real model, a search-budget study, a long run that
+measures the search's share at length, and the fine-tune speed of a high selection. The work is split into jobs run by
+`--workers` processes (one torch thread each, a fresh process per job); results are written after every job, so an
+interrupted run leaves its partial results and `--resume` runs only the missing (or failed) jobs.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -28,51 +32,74 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-PROFILES = {
-    # Smoke run: one task, one seed, tiny budgets. Checks the whole pipeline end to end.
-    "quick": dict(tasks=["hyperbaton"], seeds=[0], n_train=96, n_test=48, max_steps=6, search_samples=32,
-                  holdout=24, unroll=[1], planted_samples=64, planted_prompts=120, budgets=[32, 64],
-                  budget_task="hyperbaton", speed_steps=3),
-    # Full run: sized for well under 2 h on 2 cores with 2 workers (see benchmarks/README.md).
-    "full": dict(tasks=["hyperbaton", "intent_recognition"], seeds=[0, 1, 2], n_train=256, n_test=200, max_steps=48,
-                 search_samples=192, holdout=64, unroll=[1], planted_samples=192, planted_prompts=256,
-                 budgets=[250, 500, 1000, 2000], budget_task="hyperbaton", speed_steps=12),
-}
-SPEED_BLOCKS = list(range(15, 30))  # the upper half: the fine-tune needs no backward below block 15
+NUM_BLOCKS = 30  # SmolLM2-135M
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-PLANTED_BLOCKS = [3, 4, 5, 18, 19, 20]
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = {"qv": LORA["target_modules"], "all_linear": ALL_LINEAR}
+SPEED_BLOCKS = list(range(15, 30))  # the upper half: the fine-tune needs no backward below block 15
+TASKS = ["hyperbaton", "intent_recognition", "reasoning_about_colored_objects", "instructions"]
+
+# learn: all-block LoRA clearly beats zero-shot. overfit: a small training set over many epochs, where all-block LoRA's
+# held-out answer loss rises after its best epoch (each run records that curve). The search's budget is given per
+# regime: the training set is small in the overfit regime, so the search cycles over it for `search_steps` steps.
+REGIMES = {
+    "learn": dict(n_train=256, max_steps=40, search=dict(search_samples=192, search_holdout_samples=64)),
+    "overfit": dict(n_train=24, epochs=8, search=dict(search_holdout_samples=8, search_steps=8)),
+}
+PROFILES = {
+    "quick": dict(main=[("hyperbaton", "learn"), ("instructions", "overfit")], seeds=[0], random_draws=2, n_test=32,
+                  regimes={"learn": dict(n_train=64, max_steps=4, search=dict(search_samples=24,
+                                                                              search_holdout_samples=16)),
+                           "overfit": dict(n_train=16, epochs=3, search=dict(search_holdout_samples=8,
+                                                                            search_steps=2))},
+                  linear=[("hyperbaton", "overfit", 0)], planted=[(1, "qv"), (2, "all_linear")], planted_samples=32,
+                  planted_prompts=64, budgets=[32, 64], budget_task="hyperbaton",
+                  long=dict(task="hyperbaton", steps=6, search=dict(search_samples=16, search_holdout_samples=16)),
+                  speed_steps=2),
+    "dev": dict(main=[("intent_recognition", "learn"), ("hyperbaton", "overfit")], seeds=[0, 1], random_draws=2,
+                n_test=200, linear=[], planted=[(1, "qv"), (2, "all_linear")], planted_samples=192,
+                planted_prompts=256, budgets=[], long=None, speed_steps=0),
+    "full": dict(main=[(t, r) for t in TASKS for r in REGIMES], seeds=[0, 1, 2], random_draws=2, n_test=200,
+                 linear=[(t, "overfit", 0) for t in TASKS], planted=[(1, "qv"), (2, "qv"), (1, "all_linear"),
+                                                                      (2, "all_linear")],
+                 planted_samples=192, planted_prompts=256, budgets=[500, 2000], budget_task="hyperbaton",
+                 long=dict(task="hyperbaton", steps=300), speed_steps=12),
+}
+BATCH = 8
+CURVE_EXAMPLES = 64  # test examples scored after every epoch for the overfitting curve (its shape, cheaply)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run (a few minutes)")
-    p.add_argument("--tasks", help="comma-separated BIG-bench task names (default: the profile's)")
-    p.add_argument("--seeds", help="comma-separated training seeds (default: 0,1,2; --quick: 0)")
-    p.add_argument("--max-steps", type=int, help="fine-tune optimizer steps (default: the profile's)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    p.add_argument("--quick", action="store_true", help="same as --profile quick")
+    p.add_argument("--seeds", help="comma-separated training seeds (default: the profile's)")
+    p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
+                                   "(default: all of the profile's)")
+    p.add_argument("--flexora-options", default="{}",
+                   help="JSON object of Flexora options applied to every Flexora run (e.g. to try a variant); "
+                        "recorded in the results")
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=64, help="multiple-choice tasks (the chat task needs 96)")
     p.add_argument("--workers", type=int, default=2, help="processes running jobs side by side (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker (default 1)")
-    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, quick: .../quick)")
+    p.add_argument("--out", default=None, help="results directory (default benchmarks/results[/<profile>])")
     p.add_argument("--resume", action="store_true", help="keep the jobs already in the results JSON")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: main,unrolled,planted,budget,speed")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.profile = "quick"
+    args.flexora_options = json.loads(args.flexora_options)
+    return args
 
 
 def profile_of(args) -> dict:
-    profile = dict(PROFILES["quick" if args.quick else "full"])
-    if args.tasks:
-        profile["tasks"] = args.tasks.split(",")
-        profile["budget_task"] = profile["tasks"][0]
+    profile = dict(PROFILES[args.profile])
+    profile["regimes"] = {**REGIMES, **profile.get("regimes", {})}
     if args.seeds:
         profile["seeds"] = [int(s) for s in args.seeds.split(",")]
-    if args.max_steps:
-        profile["max_steps"] = args.max_steps
     return profile
 
 
-# ------------------------------------------------------------------------------------------------ helpers
 def load_base(model_dir):
     import torch
     from transformers import AutoModelForCausalLM
@@ -80,27 +107,31 @@ def load_base(model_dir):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
 
-def make_config(flexora: bool, output_dir: str, seed: int, steps: int, lr: float, max_length: int,
-                gradient_checkpointing: bool = False, **flexora_opts):
+def make_config(flexora: bool, output_dir: str, seed: int, max_length: int, max_steps: int = -1, epochs: float = 1,
+                lr: float = 1e-3, batch: int = BATCH, gradient_checkpointing: bool = False, **flexora_opts):
     """The same settings for every arm. Gradient checkpointing is off (a 135M model at 64 tokens has no memory to
     save, and it costs a third more compute) except in the speed job, which measures TRL's default."""
     from trl import SFTConfig
 
     from flexora_trl import FlexoraSFTConfig
 
-    common = dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=8, per_device_eval_batch_size=8,
-                  learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, max_length=max_length,
-                  logging_steps=10_000, save_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=seed,
-                  data_seed=seed, disable_tqdm=True, dataset_num_proc=None,
-                  gradient_checkpointing=gradient_checkpointing)
+    common = dict(output_dir=output_dir, max_steps=max_steps, num_train_epochs=epochs,
+                  per_device_train_batch_size=batch, per_device_eval_batch_size=BATCH, learning_rate=lr,
+                  lr_scheduler_type="constant", warmup_steps=0, max_length=max_length, logging_steps=10_000,
+                  save_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=seed, data_seed=seed,
+                  disable_tqdm=True, dataset_num_proc=None, gradient_checkpointing=gradient_checkpointing)
     if flexora:
         return FlexoraSFTConfig(**common, **flexora_opts)
     return SFTConfig(**common)
 
 
-def jaccard(a, b) -> float:
-    a, b = set(a), set(b)
-    return len(a & b) / max(1, len(a | b))
+def random_blocks(seed: int, draw: int, count: int) -> list[int]:
+    return sorted(random.Random(10_000 * (draw + 1) + seed).sample(range(NUM_BLOCKS), count))
+
+
+def planted_blocks(set_seed: int, count: int = 6) -> list[int]:
+    """Planted sets are drawn, not chosen: a method tuned to one set would not find another."""
+    return sorted(random.Random(1_000 + set_seed).sample(range(NUM_BLOCKS), count))
 
 
 class Harness:
@@ -110,33 +141,34 @@ class Harness:
         import torch
 
         torch.set_num_threads(args.threads)
-        from flexora_trl.smollm2 import smollm2_path
         from transformers import AutoTokenizer
+
+        from flexora_trl.smollm2 import smollm2_path
 
         self.args = args
         self.profile = profile_of(args)
         self.model_dir = smollm2_path()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.tasks = {}
-        self.results = {"runs": [], "planted": [], "budget": [], "speed": []}
+        self.results = {"runs": [], "planted": [], "budget": [], "long": [], "speed": []}
         self.tmp = tempfile.mkdtemp(prefix="flexora-bench-")
 
-    def task(self, name, n_train=None):
-        from .tasks import load_task
+    def task(self, name, n_train):
+        from .tasks import load_task, task_max_length
 
-        p = self.profile
-        n_train = n_train or p["n_train"]
         if (name, n_train) not in self.tasks:
-            self.tasks[name, n_train] = load_task(name, n_train, p["n_test"], tokenizer=self.tokenizer,
-                                                  max_length=self.args.max_length)
+            self.tasks[name, n_train] = load_task(name, n_train, self.profile["n_test"], tokenizer=self.tokenizer,
+                                                  max_length=task_max_length(name, self.args.max_length))
         return self.tasks[name, n_train]
 
-    def find(self, key):
-        return next((r for r in self.results["runs"] if r["key"] == key), None)
+    def flexora_opts(self, **opts):
+        return {"search_val_batches": 1, **opts, **self.args.flexora_options}
 
     # -------------------------------------------------------------------------------------------- one training run
-    def train_and_eval(self, key, task_name, seed, arm, layers=None, flexora_opts=None, train_rows=None,
-                       steps=None, evaluate=True, gradient_checkpointing=False):
+    def train_and_eval(self, key, task, seed, arm, layers=None, flexora_opts=None, train_rows=None, max_steps=-1,
+                       epochs=1, evaluate=True, curve=False, targets="qv", batch=BATCH, gradient_checkpointing=False,
+                       **labels):
+        """Train one arm and score it on the task's test set; `curve` adds the held-out answer loss per epoch."""
         from datasets import Dataset
         from peft import LoraConfig
         from transformers import TrainerCallback
@@ -146,118 +178,143 @@ class Harness:
         from flexora_trl.adapter import count_trainable
 
         from .memory import PeakRSS
-        from .scoring import score_multiple_choice
-        from .tasks import to_sft_rows
+        from .scoring import answer_loss, evaluate_task
+        from .tasks import task_max_length, to_sft_rows
 
-        task = self.task(task_name) if task_name else None
         rows = train_rows if train_rows is not None else to_sft_rows(task.train)
         out_dir = os.path.join(self.tmp, key.replace("/", "_"))
         flexora = flexora_opts is not None
-        steps = steps or self.profile["max_steps"]
-        config = make_config(flexora, out_dir, seed, steps, self.args.learning_rate, self.args.max_length,
+        max_length = task_max_length(task.name, self.args.max_length) if task else self.args.max_length
+        config = make_config(flexora, out_dir, seed, max_length, max_steps, epochs, self.args.learning_rate, batch,
                              gradient_checkpointing, **(flexora_opts or {}))
-        lora_kwargs = dict(LORA)
+        lora_kwargs = dict(LORA, target_modules=TARGETS[targets])
         if layers is not None:
             lora_kwargs.update(layers_to_transform=sorted(layers), layers_pattern="layers")
         tracker = PeakRSS()
-        phase = {}
+        phase = {"curve": []}
+        tokenizer = self.tokenizer
 
         class Measure(TrainerCallback):
             def on_train_begin(self, *a, **k):
                 tracker.start()
                 phase["finetune_start"] = time.perf_counter()
 
+            def on_epoch_end(self, args, state, control, model=None, **k):
+                if curve:  # scoring time is kept out of the fine-tune's
+                    paused = time.perf_counter()
+                    phase["curve"].append(round(answer_loss(model, tokenizer, task.test[:CURVE_EXAMPLES]), 4))
+                    phase["finetune_start"] += time.perf_counter() - paused
+
             def on_train_end(self, *a, **k):
                 phase["finetune_seconds"] = time.perf_counter() - phase["finetune_start"]
                 phase["memory"] = tracker.stop()
 
-        model = load_base(self.model_dir)
         cls = FlexoraSFTTrainer if flexora else SFTTrainer
-        trainer = cls(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=self.tokenizer,
-                      peft_config=LoraConfig(**lora_kwargs), callbacks=[Measure()])
+        trainer = cls(model=load_base(self.model_dir), args=config, train_dataset=Dataset.from_list(rows),
+                      processing_class=self.tokenizer, peft_config=LoraConfig(**lora_kwargs), callbacks=[Measure()])
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
         record = getattr(trainer, "flexora_record", None) if flexora else None
-        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         result = {
-            "key": key, "task": task_name, "seed": seed, "arm": arm,
-            "trainable_params": count_trainable(trainer.model),
-            "train_seconds_total": round(total, 2),
+            "key": key, "task": task.name if task else None, "seed": seed, "arm": arm, "targets": targets, **labels,
+            "trainable_params": count_trainable(trainer.model), "train_seconds_total": round(total, 2),
             "search_seconds": round(record["search_seconds"], 2) if record else 0.0,
             "finetune_seconds": round(phase["finetune_seconds"], 2),
-            "finetune_steps": steps, "gradient_checkpointing": gradient_checkpointing,
-            **phase["memory"],
+            "finetune_steps": trainer.state.global_step, "batch_size": batch, "train_examples": len(rows),
+            "gradient_checkpointing": gradient_checkpointing, **phase["memory"],
             "selected_layers": sorted(record["selected_layers"]) if record else (sorted(layers) if layers else None),
-            "train_loss_last": losses[-1] if losses else None,
         }
+        if curve:
+            result["heldout_loss_per_epoch"] = phase["curve"]
         if record:
             result.update(alpha=record.get("alpha"), lora_params_all_blocks=record["lora_params_all_blocks"],
                           search_inner_steps=record.get("search_inner_steps"),
-                          search_outer_steps=record.get("search_outer_steps"),
-                          hypergradient=flexora_opts.get("hypergradient", "first_order"),
-                          unroll_steps=flexora_opts.get("unroll_steps"))
+                          search_outer_steps=record.get("search_outer_steps"), flexora_options=flexora_opts)
         if evaluate:
-            result.update(score_multiple_choice(trainer.model, self.tokenizer, task.test))
-        del trainer, model
+            result.update(evaluate_task(trainer.model, self.tokenizer, task))
+        del trainer
         print(f"[{time.strftime('%H:%M:%S')}] {key}: " + json.dumps({k: v for k, v in result.items() if k != "alpha"}),
               flush=True)
         return result
 
-    def flexora_opts(self, **extra):
-        p = self.profile
-        return {"search_samples": p["search_samples"], "search_holdout_samples": p["holdout"],
-                "search_val_batches": 1, **extra}
+    def regime_run(self, key, task_name, regime, seed, arm, **kwargs):
+        r = self.profile["regimes"][regime]
+        steps = dict(max_steps=r["max_steps"]) if "max_steps" in r else dict(epochs=r["epochs"])
+        return self.train_and_eval(key, self.task(task_name, r["n_train"]), seed, arm, regime=regime, **steps,
+                                   **kwargs)
 
     # -------------------------------------------------------------------------------------------- the jobs
     def zero_shot(self, task_name):
-        from .scoring import score_multiple_choice
+        """The base model, once per task; recorded under every regime of the task (they share the test split)."""
+        from .scoring import evaluate_task
 
-        task = self.task(task_name)
-        self.results["runs"].append({
-            "key": f"{task_name}/zero_shot", "task": task_name, "seed": None, "arm": "zero_shot",
-            "trainable_params": 0, **score_multiple_choice(load_base(self.model_dir), self.tokenizer, task.test),
-            "chance": task.chance, "n_train": len(task.train)})
+        regimes = [r for t, r in self.profile["main"] if t == task_name]
+        task = self.task(task_name, self.profile["regimes"][regimes[0]]["n_train"])
+        scores = evaluate_task(load_base(self.model_dir), self.tokenizer, task)
+        for regime in regimes:
+            self.results["runs"].append({"key": f"{task_name}/{regime}/zero_shot", "task": task_name,
+                                         "regime": regime, "seed": None, "arm": "zero_shot", "trainable_params": 0,
+                                         "chance": task.chance, **scores})
 
-    def main_arms(self, task_name, seed):
-        import random
+    def main(self, task_name, regime, seed):
+        """All-block LoRA, Flexora, random blocks (several draws) and Spectrum blocks of Flexora's count."""
+        from .spectrum import spectrum_blocks
 
         runs = self.results["runs"]
-        runs.append(self.train_and_eval(f"{task_name}/lora_all/{seed}", task_name, seed, "lora_all"))
-        flexora = self.train_and_eval(f"{task_name}/flexora/{seed}", task_name, seed, "flexora",
-                                      flexora_opts=self.flexora_opts())
+        base = f"{task_name}/{regime}"
+        runs.append(self.regime_run(f"{base}/lora_all/{seed}", task_name, regime, seed, "lora_all",
+                                    curve=regime == "overfit"))
+        search = self.profile["regimes"][regime]["search"]
+        flexora = self.regime_run(f"{base}/flexora/{seed}", task_name, regime, seed, "flexora",
+                                  flexora_opts=self.flexora_opts(**search))
         runs.append(flexora)
-        layers = sorted(random.Random(10_000 + seed).sample(range(30), len(flexora["selected_layers"])))
-        runs.append(self.train_and_eval(f"{task_name}/random/{seed}", task_name, seed, "random", layers=layers))
+        count = len(flexora["selected_layers"])
+        for draw in range(self.profile["random_draws"]):
+            runs.append(self.regime_run(f"{base}/random/{seed}/{draw}", task_name, regime, seed, "random",
+                                        layers=random_blocks(seed, draw, count), draw=draw))
+        start = time.perf_counter()  # the paper's score (normalised by the largest singular value), as published
+        blocks = spectrum_blocks(load_base(self.model_dir), LORA["target_modules"], count, normalize=True)
+        seconds = time.perf_counter() - start
+        runs.append(self.regime_run(f"{base}/spectrum/{seed}", task_name, regime, seed, "spectrum", layers=blocks,
+                                    selector_seconds=round(seconds, 2)))
 
-    def unrolled(self, task_name, seed, k):
-        opts = self.flexora_opts(hypergradient="unrolled", unroll_steps=k)
-        self.results["runs"].append(self.train_and_eval(f"{task_name}/flexora_unrolled_k{k}/{seed}", task_name, seed,
-                                                        f"flexora_unrolled_k{k}", flexora_opts=opts))
+    def linear(self, task_name, regime, seed):
+        """The same pair with LoRA on every linear module of the blocks."""
+        search = self.profile["regimes"][regime]["search"]
+        base = f"{task_name}/{regime}"
+        runs = self.results["runs"]
+        runs.append(self.regime_run(f"{base}/lora_all_linear/{seed}", task_name, regime, seed, "lora_all_linear",
+                                    targets="all_linear"))
+        runs.append(self.regime_run(f"{base}/flexora_linear/{seed}", task_name, regime, seed, "flexora_linear",
+                                    targets="all_linear", flexora_opts=self.flexora_opts(**search)))
 
-    def planted(self):
-        """Teacher = SmolLM2 + a random LoRA delta on PLANTED_BLOCKS; it answers prompts greedily, and the search
-        runs on (prompt, teacher answer) pairs. Precision/recall of the selection against the planted blocks."""
+    def planted(self, set_seed, targets):
+        """Teacher = SmolLM2 + a random LoRA delta on drawn blocks (the student's LoRA targets); it answers prompts
+        greedily and the search runs on (prompt, teacher answer) pairs. Precision of the selection and of the top-k."""
         from .planted import teacher_rows
 
         p = self.profile
-        prompts = [e.prompt for name in p["tasks"] for e in self.task(name).train + self.task(name).test]
-        prompts = prompts[: p["planted_prompts"]]
+        blocks = planted_blocks(set_seed)
+        tasks = [self.task(name, 256) for name in ("hyperbaton", "intent_recognition")]
+        prompts = [e.prompt for task in tasks for e in task.train + task.test][: p["planted_prompts"]]
         start = time.perf_counter()
-        rows, teacher_info = teacher_rows(load_base(self.model_dir), self.tokenizer, prompts, PLANTED_BLOCKS, LORA)
+        lora = dict(LORA, target_modules=TARGETS[targets])
+        b_std = 0.4 if targets == "qv" else 0.2  # seven modules per block: a smaller delta changes as much
+        rows, teacher = teacher_rows(load_base(self.model_dir), self.tokenizer, prompts, blocks, lora, b_std=b_std,
+                                     seed=set_seed)
         gen_seconds = time.perf_counter() - start
-        planted = set(PLANTED_BLOCKS)
-        opts = self.flexora_opts(search_samples=p["planted_samples"])
-        result = self.train_and_eval("planted/first_order", None, 0, "planted_first_order", flexora_opts=opts,
-                                     train_rows=rows, steps=1, evaluate=False)
-        sel = set(result["selected_layers"])
+        opts = self.flexora_opts(search_samples=p["planted_samples"], search_holdout_samples=len(prompts) // 4)
+        result = self.train_and_eval(f"planted/{set_seed}/{targets}", None, 0, "planted", flexora_opts=opts,
+                                     train_rows=rows, max_steps=1, evaluate=False, targets=targets)
+        selected, planted = set(result["selected_layers"]), set(blocks)
         alpha = {int(b): a for b, a in result["alpha"].items()}
-        top = set(sorted(alpha, key=alpha.get, reverse=True)[: len(planted)])
-        result.update(
-            planted_blocks=sorted(planted), teacher=teacher_info, teacher_gen_seconds=round(gen_seconds, 1),
-            precision=len(sel & planted) / max(1, len(sel)), recall=len(sel & planted) / len(planted),
-            topk_selected=sorted(top), topk_precision=len(top & planted) / len(planted), chance_precision=len(planted) / 30,
-        )
+        top = set(sorted(alpha, key=lambda b: (-alpha[b], b))[: len(planted)])
+        result.update(planted_blocks=blocks, planted_set=set_seed, teacher=teacher,
+                      teacher_gen_seconds=round(gen_seconds, 1),
+                      precision=len(selected & planted) / max(1, len(selected)),
+                      recall=len(selected & planted) / len(planted), topk_selected=sorted(top),
+                      topk_precision=len(top & planted) / len(planted), chance_precision=len(planted) / NUM_BLOCKS)
         self.results["planted"].append(result)
 
     def budget(self, samples):
@@ -266,38 +323,53 @@ class Harness:
         from .tasks import to_sft_rows
 
         p = self.profile
-        pool = self.task(p["budget_task"], n_train=max(p["budgets"]) + p["holdout"])
-        result = self.train_and_eval(f"budget/{p['budget_task']}/{samples}", p["budget_task"], 0, "budget",
-                                     flexora_opts=self.flexora_opts(search_samples=samples),
-                                     train_rows=to_sft_rows(pool.train), steps=1, evaluate=False)
+        holdout = p["regimes"]["learn"]["search"]["search_holdout_samples"]
+        pool = self.task(p["budget_task"], max(p["budgets"]) + holdout)
+        opts = self.flexora_opts(search_samples=samples, search_holdout_samples=holdout)
+        result = self.train_and_eval(f"budget/{p['budget_task']}/{samples}", pool, 0, "budget", flexora_opts=opts,
+                                     train_rows=to_sft_rows(pool.train), max_steps=1, evaluate=False)
         result["search_samples"] = samples
         self.results["budget"].append(result)
 
+    def long(self, arm):
+        """One long run (one task, seed 0): all-block LoRA, or Flexora with its default search options, on a
+        training set as large as the run, so search / fine-tune and end to end / LoRA are measured at length."""
+        spec = self.profile["long"]
+        task = self.task(spec["task"], spec["steps"] * BATCH)
+        # Flexora's defaults, as a user gets them (the quick profile shrinks the budget to fit its toy data).
+        opts = {**spec.get("search", {}), **self.args.flexora_options} if arm == "flexora" else None
+        result = self.train_and_eval(f"long/{arm}", task, 0, arm, flexora_opts=opts, max_steps=spec["steps"],
+                                     regime="long")
+        self.results["long"].append(result)
+
     def speed(self, task_name):
-        """Fine-tune only (TRL's default gradient checkpointing on, 0 = no search) on the upper blocks
-        SPEED_BLOCKS: plain LoRA there via `layers_to_transform` vs Flexora given the same blocks, and LoRA on all."""
+        """Fine-tune only (TRL's default gradient checkpointing on, no search) on the upper blocks SPEED_BLOCKS: plain
+        LoRA there via `layers_to_transform` vs Flexora given the same blocks, and LoRA on all."""
+        task = self.task(task_name, self.profile["regimes"]["learn"]["n_train"])
         steps = self.profile["speed_steps"]
         for arm, kwargs in (("speed_lora_all", {}), ("speed_lora_upper", dict(layers=SPEED_BLOCKS)),
                             ("speed_flexora_upper", dict(flexora_opts={"selected_layers": SPEED_BLOCKS}))):
-            self.results["speed"].append(self.train_and_eval(f"speed/{arm}", task_name, 0, arm, steps=steps,
+            self.results["speed"].append(self.train_and_eval(f"speed/{arm}", task, 0, arm, max_steps=steps,
                                                              evaluate=False, gradient_checkpointing=True, **kwargs))
 
 
-def plan(profile, skip) -> list[tuple]:
-    """All jobs, longest first so that two workers finish close together."""
-    tasks, seeds = profile["tasks"], profile["seeds"]
-    budgets = sorted(profile["budgets"], reverse=True) if "budget" not in skip else []
-    main = [("main_arms", t, s) for s in seeds for t in tasks] if "main" not in skip else []
-    jobs = [("budget", b) for b in budgets[:1]] + main + [("budget", b) for b in budgets[1:2]]
-    if "unrolled" not in skip:
-        jobs += [("unrolled", tasks[0], seeds[0], k) for k in profile["unroll"]]
-    if "planted" not in skip:
-        jobs.append(("planted",))
-    jobs += [("budget", b) for b in budgets[2:]]
-    if "speed" not in skip:
-        jobs.append(("speed", tasks[0]))
-    if "main" not in skip:
-        jobs += [("zero_shot", t) for t in tasks]
+def plan(profile, parts) -> list[tuple]:
+    """All jobs, longest first so that the workers finish close together."""
+    jobs = []
+    if "budget" in parts:
+        jobs += [("budget", b) for b in sorted(profile["budgets"], reverse=True)]
+    if "long" in parts and profile.get("long"):
+        jobs += [("long", "flexora"), ("long", "lora_all")]
+    if "main" in parts:
+        jobs += [("main", t, r, s) for s, (t, r) in itertools.product(profile["seeds"], profile["main"])]
+    if "linear" in parts:
+        jobs += [("linear", *spec) for spec in profile["linear"]]
+    if "planted" in parts:
+        jobs += [("planted", *spec) for spec in profile["planted"]]
+    if "speed" in parts and profile.get("speed_steps"):
+        jobs.append(("speed", profile["main"][0][0]))
+    if "main" in parts:
+        jobs += [("zero_shot", t) for t in dict.fromkeys(t for t, _ in profile["main"])]
     return jobs
 
 
@@ -327,15 +399,19 @@ def run_job(item):
 class Results:
     """results.json, rewritten (with results.md and results.png) after every job."""
 
+    PARTS = ("runs", "planted", "budget", "long", "speed")
+
     def __init__(self, args, profile):
-        self.out = Path(args.out) if args.out else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
+        default = RESULTS_DIR if args.profile == "full" else RESULTS_DIR / args.profile
+        self.out = Path(args.out) if args.out else default
         self.out.mkdir(parents=True, exist_ok=True)
         self.path = self.out / "results.json"
-        self.data = {"meta": meta(args, profile), "runs": [], "planted": [], "budget": [], "speed": [], "jobs": {}}
+        self.data = {"meta": meta(args, profile), "jobs": {}, **{part: [] for part in self.PARTS}}
         if args.resume and self.path.exists():
             old = json.loads(self.path.read_text())
-            for key in ("runs", "planted", "budget", "speed", "jobs"):
+            for key in (*self.PARTS, "jobs"):
                 self.data[key] = old.get(key, self.data[key])
+            self.data["meta"]["wall_seconds_before"] = old["meta"].get("wall_seconds", 0)
             print(f"resuming: {len(self.data['jobs'])} jobs already in {self.path}", flush=True)
 
     def done(self, job) -> bool:
@@ -368,10 +444,10 @@ def meta(args, profile):
     import trl
 
     return {
-        "profile": "quick" if args.quick else "full", "settings": profile, "lora": LORA,
-        "learning_rate": args.learning_rate, "max_length": args.max_length, "batch_size": 8,
-        "workers": args.workers, "torch_threads": args.threads, "planted_blocks": PLANTED_BLOCKS,
-        "speed_blocks": SPEED_BLOCKS,
+        "profile": args.profile, "settings": profile, "lora": LORA, "all_linear": ALL_LINEAR,
+        "flexora_options": args.flexora_options, "learning_rate": args.learning_rate, "max_length": args.max_length,
+        "batch_size": BATCH, "workers": args.workers, "torch_threads": args.threads, "speed_blocks": SPEED_BLOCKS,
+        "num_blocks": NUM_BLOCKS,
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -395,14 +471,11 @@ def _cpu_name():
 def main(argv=None):
     import multiprocessing
 
-    from .tasks import load_task
-
     args = parse_args(argv)
     profile = profile_of(args)
-    for name in profile["tasks"]:
-        load_task(name, profile["n_train"], profile["n_test"])  # fail early on missing data
+    parts = set(args.parts.split(",")) if args.parts else {"main", "linear", "planted", "budget", "long", "speed"}
     results = Results(args, profile)
-    jobs = [job for job in plan(profile, set(filter(None, args.skip.split(",")))) if not results.done(job)]
+    jobs = [job for job in plan(profile, parts) if not results.done(job)]
     print(f"{len(jobs)} jobs on {args.workers} worker(s): {[job_name(j) for j in jobs]}", flush=True)
     start = time.perf_counter()
     # A fresh process per job (maxtasksperchild=1): no job's heap inflates the next one's memory figures.
@@ -410,8 +483,9 @@ def main(argv=None):
         for job, part, error, seconds in pool.imap_unordered(run_job, [(job, args) for job in jobs]):
             print(f"[{time.strftime('%H:%M:%S')}] job {job_name(job)} {'FAILED' if error else 'done'} in "
                   f"{seconds:.0f} s", flush=True)
+            results.data["meta"]["wall_seconds"] = round(results.data["meta"].get("wall_seconds_before", 0)
+                                                         + time.perf_counter() - start, 1)
             results.add(job, part, error, seconds)
-    results.data["meta"]["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
     results.data["meta"]["finished"] = not any(j["error"] for j in results.data["jobs"].values())
     results.save()
     print((results.out / "results.md").read_text())

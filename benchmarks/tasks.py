@@ -1,7 +1,12 @@
-"""Multiple-choice tasks from the `bigbench==1.0.0` sdist on PyPI, read from a local cache (never committed).
+"""The benchmark's tasks: multiple-choice tasks from the `bigbench==1.0.0` sdist on PyPI, read from a local cache
+(never committed), and one generative chat task built from the project's own instruction data.
 
 Only the chosen `task.json` files are extracted, into `~/.cache/flexora/bigbench/<task>/task.json`
 (`$FLEXORA_CACHE/bigbench` if set). The loader never downloads anything; when a file is missing it prints the commands.
+The generative task, `instructions`, is `flexora_trl/data/demo_instructions.jsonl` (written by
+`scripts/make_demo_data.py`, no third-party data): the user turn is the prompt under the model's chat template, the
+assistant turn plus the end-of-turn token is the one "choice" (its loss is the held-out answer loss), and greedy
+generation is scored by exact match.
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ TEMPLATES = {
     "strategyqa": "Question: {input}\nAnswer:",
     "intent_recognition": "What is the intent of the utterance? {input}\nIntent:",
     "metaphor_boolean": "Does the second sentence paraphrase the metaphor? {input}\nAnswer:",
+    "reasoning_about_colored_objects": "{input}\nAnswer:",
+    "vitaminc_fact_verification": "Is the claim true, false or neither, given the context? {input}\nAnswer:",
 }
+GENERATIVE = {"instructions": Path(__file__).resolve().parent.parent / "flexora_trl" / "data" / "demo_instructions.jsonl"}
+MAX_LENGTH = {"instructions": 96}  # the chat template's system turn alone is ~20 tokens
 
 
 def cache_dir() -> Path:
@@ -54,6 +63,7 @@ class Example:
     prompt: str
     choices: list[str]
     answer: int  # index of the correct choice
+    messages: list[dict] | None = None  # generative task: the user and assistant turns, for TRL's chat template
 
 
 @dataclass
@@ -61,10 +71,15 @@ class TaskData:
     name: str
     train: list[Example]
     test: list[Example]
+    generative: bool = False
 
     @property
-    def chance(self) -> float:
-        return float(np.mean([1.0 / len(e.choices) for e in self.test]))
+    def chance(self) -> float | None:
+        return None if self.generative else float(np.mean([1.0 / len(e.choices) for e in self.test]))
+
+
+def task_max_length(name: str, default: int) -> int:
+    return max(default, MAX_LENGTH.get(name, default))
 
 
 def load_task(name: str, n_train: int, n_test: int, split_seed: int = 1234, tokenizer=None,
@@ -74,6 +89,38 @@ def load_task(name: str, n_train: int, n_test: int, split_seed: int = 1234, toke
     With a tokenizer and max_length, examples whose prompt + longest choice do not fit are dropped before splitting,
     so nothing is truncated in training or scoring.
     """
+    if name in GENERATIVE:
+        examples = _chat_examples(GENERATIVE[name], tokenizer)
+    else:
+        examples = _bigbench_examples(name)
+    if tokenizer is not None and max_length is not None:
+        def fits(e):
+            return max(len(tokenizer(e.prompt + c)["input_ids"]) for c in e.choices) + 1 <= max_length
+        examples = [e for e in examples if fits(e)]
+    order = np.random.default_rng(split_seed).permutation(len(examples))
+    if n_test + n_train > len(examples):
+        raise SystemExit(f"{name}: {len(examples)} usable examples, fewer than n_test + n_train = {n_test + n_train}")
+    test = [examples[i] for i in order[:n_test]]
+    train = [examples[i] for i in order[n_test : n_test + n_train]]
+    return TaskData(name, train, test, generative=name in GENERATIVE)
+
+
+def _chat_examples(path: Path, tokenizer) -> list[Example]:
+    """User turn under the chat template (with the assistant's header) as the prompt; the answer plus the end-of-turn
+    token as the single continuation, so its loss includes knowing when to stop."""
+    if tokenizer is None:
+        raise ValueError("the generative task needs the tokenizer (its prompts use the chat template)")
+    examples = []
+    with open(path) as handle:
+        for line in handle:
+            messages = json.loads(line)["messages"]
+            prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+            answer = messages[1]["content"] + tokenizer.eos_token
+            examples.append(Example(prompt, [answer], 0, messages=messages))
+    return examples
+
+
+def _bigbench_examples(name: str) -> list[Example]:
     path = cache_dir() / name / "task.json"
     if not path.is_file():
         raise SystemExit(missing_message(name))
@@ -91,18 +138,11 @@ def load_task(name: str, n_train: int, n_test: int, split_seed: int = 1234, toke
             continue  # ambiguous gold
         prompt = template.format(input=" ".join(item["input"].split()))
         examples.append(Example(prompt, [f" {c}" for c in choices], answer))
-    if tokenizer is not None and max_length is not None:
-        def fits(e):
-            return max(len(tokenizer(e.prompt + c)["input_ids"]) for c in e.choices) + 1 <= max_length
-        examples = [e for e in examples if fits(e)]
-    order = np.random.default_rng(split_seed).permutation(len(examples))
-    if n_test + n_train > len(examples):
-        raise SystemExit(f"{name}: {len(examples)} usable examples, fewer than n_test + n_train = {n_test + n_train}")
-    test = [examples[i] for i in order[:n_test]]
-    train = [examples[i] for i in order[n_test : n_test + n_train]]
-    return TaskData(name, train, test)
+    return examples
 
 
 def to_sft_rows(examples: list[Example]) -> list[dict]:
-    """Prompt-completion rows for TRL (loss on the completion only): the correct choice is the completion."""
-    return [{"prompt": e.prompt, "completion": e.choices[e.answer]} for e in examples]
+    """Prompt-completion rows for TRL (loss on the completion only): the correct choice is the completion; for the
+    generative task, conversational rows that TRL renders with the model's chat template."""
+    return [{"prompt": e.messages[:1], "completion": e.messages[1:]} if e.messages else
+            {"prompt": e.prompt, "completion": e.choices[e.answer]} for e in examples]

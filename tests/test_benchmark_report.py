@@ -1,0 +1,52 @@
+"""The benchmark's statistics, and the README's Results block: generated from the committed results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.stats import expected_jaccard, expected_pairwise_jaccard, jaccard, paired, sign_test
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "results.json"
+
+
+@pytest.mark.parametrize("sizes", [(6, 6), (12, 15), (3, 20), (30, 30)])
+def test_expected_jaccard_matches_random_draws(sizes):
+    rng = random.Random(0)
+    draws = [jaccard(rng.sample(range(30), sizes[0]), rng.sample(range(30), sizes[1])) for _ in range(20_000)]
+    assert expected_jaccard(*sizes, 30) == pytest.approx(sum(draws) / len(draws), abs=0.005)
+    assert expected_pairwise_jaccard([sizes[0]] * 3, 30) == pytest.approx(expected_jaccard(sizes[0], sizes[0], 30))
+
+
+def test_paired_interval_is_students_t_over_the_differences():
+    p = paired([0.01, 0.03, 0.02])
+    assert p.mean == pytest.approx(0.02)
+    assert p.sd == pytest.approx(0.01)
+    half = 4.302653 * 0.01 / math.sqrt(3)  # t(0.975, df=2)
+    assert (p.low, p.high) == pytest.approx((0.02 - half, 0.02 + half), abs=1e-5)
+    assert (p.wins, p.losses, p.verdict) == (3, 0, "better")
+    assert paired([-0.05, 0.04]).verdict == "tie"
+
+
+def test_sign_test_is_two_sided_binomial():
+    assert sign_test(5, 0) == pytest.approx(2 / 32)
+    assert sign_test(3, 3) == 1.0
+    assert sign_test(9, 1) == pytest.approx(2 * 11 / 1024)
+
+
+def test_every_run_names_its_task_and_regime():
+    results = json.loads(RESULTS.read_text())
+    assert results["runs"]
+    for run in results["runs"]:
+        assert run["task"] and run["regime"] in ("learn", "overfit"), run["key"]
+
+
+def test_readme_results_block_is_generated_from_the_committed_json():
+    results = json.loads(RESULTS.read_text())
+    assert report.readme_block_of() == report.readme_block(results), (
+        "README's Results block is stale: run `python -m benchmarks.report --readme`")
