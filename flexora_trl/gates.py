@@ -23,11 +23,18 @@ def gate_values(alpha: torch.Tensor) -> torch.Tensor:
 
 
 class LayerGates:
-    """One gate logit per candidate block; forward hooks on the LoRA `B` projections apply the gates."""
+    """One gate logit per candidate block; forward hooks on the LoRA `B` projections apply the gates.
+
+    Besides the gate, each block's LoRA output is multiplied by `mask[l]` (1 unless a score changes it): a block's
+    LoRA is switched off with `mask[l] = 0` (the `ablation` score), and the gradient of the validation loss with
+    respect to `mask` at 1 is the first-order estimate of that switch (the `taylor` score). Multiplying by 1 keeps
+    the outputs exactly those of plain LoRA.
+    """
 
     def __init__(self, block_map: BlockMap, device=None, dtype=torch.float32):
         self.blocks = block_map.blocks
         self.alpha = torch.zeros(len(self.blocks), dtype=dtype, device=device, requires_grad=True)
+        self.mask = torch.ones(len(self.blocks), dtype=dtype, device=device)
         self.live = False
         self._handles = []
         for position, block in enumerate(self.blocks):
@@ -48,7 +55,28 @@ class LayerGates:
 
     def _scale_output(self, position, module, inputs, output):
         gates = self.values() if self.live else self.values().detach()
-        return output * gates[position].to(output.dtype)
+        return output * (gates[position] * self.mask[position]).to(output.dtype)
+
+    @contextlib.contextmanager
+    def mask_gradient(self):
+        """Within this block the backward pass also leaves d loss / d mask in `mask.grad` (the `taylor` score)."""
+        self.mask.requires_grad_(True)
+        try:
+            yield
+        finally:
+            self.mask.requires_grad_(False)
+            self.mask.grad = None
+
+    @contextlib.contextmanager
+    def switched_off(self, position: int):
+        """The LoRA of the block at `position` contributes nothing within this block (the `ablation` score)."""
+        with torch.no_grad():
+            self.mask[position] = 0.0
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                self.mask[position] = 1.0
 
     @contextlib.contextmanager
     def differentiable(self):

@@ -24,6 +24,7 @@ def first_order(search, val_batches, lookahead) -> torch.Tensor:
         for batch in val_batches:
             loss = search.loss(batch)
             loss.backward()
+            search.score.collect(search.gates)  # per-batch d loss / d mask, for the `taylor` score
             total += loss.detach().float()
     return total
 
@@ -39,7 +40,13 @@ def unrolled(search, val_batches, lookahead) -> torch.Tensor:
     # The backward runs inside `differentiable()` too: gradient checkpointing recomputes the forward during it.
     with search.gates.differentiable():
         val_loss = unrolled_validation_loss(search, val_batches, lookahead, create_graph=True)
-        (search.gates.alpha.grad,) = torch.autograd.grad(val_loss, [search.gates.alpha])
+        mask = search.gates.mask
+        inputs = [search.gates.alpha] + ([mask] if mask.requires_grad else [])
+        grads = torch.autograd.grad(val_loss, inputs)
+        search.gates.alpha.grad = grads[0]
+        if mask.requires_grad:
+            mask.grad = grads[1]
+            search.score.collect(search.gates)
     return val_loss.detach().float()
 
 

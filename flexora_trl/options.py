@@ -13,19 +13,28 @@ from typing import Optional
 VALIDATION_SOURCES = ("holdout", "eval_dataset")
 SELECTION_RULES = ("positive", "top_k", "top_fraction")
 HYPERGRADIENTS = ("first_order", "unrolled")
+SELECTION_SCORES = ("gate", "taylor", "ablation")
+GATE_OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
 class FlexoraArguments:
     """Options of the Flexora search (layer selection) that runs before normal LoRA fine-tuning."""
 
-    search_samples: int = field(
-        default=1000,
+    search_samples: Optional[int] = field(
+        default=None,
         metadata={
             "help": "Training examples the search phase sees (one pass, drawn with the seed from the training set, "
             "after the hold-out). The authors used 4,800 (+200 held out); their ablation found 1,000 to 10,000 "
-            "give similar selections."
+            "give similar selections. None (the default): sized by `search_budget`."
         },
+    )
+    search_budget: float = field(
+        default=0.10,
+        metadata={"help": "When neither `search_samples` nor `search_steps` is set, the search gets the inner steps "
+                  "estimated to cost this fraction of the planned fine-tune (max_steps, or epochs x dataset over the "
+                  "effective batch, world size included), and never fewer than 32; the log and the record give the "
+                  "estimate and the measured share."},
     )
     search_steps: Optional[int] = field(
         default=None,
@@ -41,6 +50,12 @@ class FlexoraArguments:
         default=200,
         metadata={"help": "Examples held out of the training set for the outer steps when "
                   "`search_validation='holdout'` (the authors: 200). They are still used by the fine-tune."},
+    )
+    search_patience: Optional[int] = field(
+        default=None,
+        metadata={"help": "End the search once the selection (by `selection_score` so far, under the selection rule) "
+                  "has stayed the same for this many outer steps; the record says when. Not available with the "
+                  "`ablation` score, which is measured after the search. None: run the whole budget."},
     )
     search_val_batches: int = field(
         default=2,
@@ -58,7 +73,32 @@ class FlexoraArguments:
     )
     gate_lr: float = field(
         default=0.01,
-        metadata={"help": "Adam learning rate of the gate logits alpha (constant; the authors: 0.01)."},
+        metadata={"help": "Learning rate of the gate logits alpha (constant; the authors: Adam at 0.01)."},
+    )
+    gate_optimizer: str = field(
+        default="adam",
+        metadata={"help": "Optimizer of alpha: `adam` (the authors; each step moves alpha by about `gate_lr` whatever "
+                  "the gradient's size) or `sgd` (plain gradient steps: alpha's size follows the gradient's size)."},
+    )
+    gate_warmup_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of the search's inner steps taken before the first outer step, so that LoRA's B "
+                  "has left zero (where the gates get no gradient) before the gates move or are scored; in [0, 1)."},
+    )
+    selection_score: str = field(
+        default="gate",
+        metadata={"help": "What ranks the blocks: `gate` = alpha (the paper; `positive` keeps alpha > 0, a gate above "
+                  "the mean); `taylor` = minus the gradient of the validation loss with respect to a multiplier on "
+                  "the block's LoRA output, averaged over the outer steps' validation batches: a first-order estimate "
+                  "of how much the validation loss rises when the block's LoRA is switched off (`positive` keeps "
+                  "blocks whose removal would raise it); `ablation` = that rise measured after the search, with one "
+                  "block's LoRA switched off at a time on `score_val_batches` validation batches (forward passes "
+                  "only; `positive` keeps blocks whose removal raises the validation loss)."},
+    )
+    score_val_batches: int = field(
+        default=8,
+        metadata={"help": "Validation micro-batches the `ablation` score measures every block on (the same batches "
+                  "for every block, so the differences are paired)."},
     )
     hypergradient: str = field(
         default="first_order",
@@ -73,9 +113,9 @@ class FlexoraArguments:
     )
     selection_rule: str = field(
         default="positive",
-        metadata={"help": "Which blocks are kept: `positive` = alpha > 0, i.e. gate above the mean (the paper); "
-                  "`top_k` = the `selection_top_k` largest gates; `top_fraction` = the largest "
-                  "`selection_top_fraction` of the blocks."},
+        metadata={"help": "Which blocks are kept, by `selection_score`: `positive` = score > 0 (for the gate: alpha "
+                  "> 0, i.e. gate above the mean, the paper); `top_k` = the `selection_top_k` highest scores; "
+                  "`top_fraction` = the highest `selection_top_fraction` of the blocks."},
     )
     selection_top_k: Optional[int] = field(
         default=None, metadata={"help": "Number of blocks kept by `selection_rule='top_k'`."}
@@ -106,14 +146,25 @@ class FlexoraArguments:
 
     def validate(self) -> None:
         """Raise a ValueError naming the option and its accepted values for anything out of range."""
-        _check_int(self, "search_samples", minimum=1)
+        _check_int(self, "search_samples", minimum=1, optional=True)
+        _check_positive_float(self, "search_budget")
         _check_int(self, "search_steps", minimum=1, optional=True)
         _check_choice(self, "search_validation", VALIDATION_SOURCES)
         _check_int(self, "search_holdout_samples", minimum=1)
         _check_int(self, "search_val_batches", minimum=1)
+        _check_int(self, "search_patience", minimum=1, optional=True)
+        if self.search_patience is not None and self.selection_score == "ablation":
+            raise ValueError("`search_patience` needs a score that exists during the search ('gate' or 'taylor'); "
+                             "the 'ablation' score is measured after it.")
         _check_int(self, "search_outer_every", minimum=1)
         _check_positive_float(self, "search_learning_rate", optional=True)
         _check_positive_float(self, "gate_lr")
+        _check_choice(self, "gate_optimizer", GATE_OPTIMIZERS)
+        fraction = self.gate_warmup_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"`gate_warmup_fraction` must be a number in [0, 1), got {fraction!r}.")
+        _check_choice(self, "selection_score", SELECTION_SCORES)
+        _check_int(self, "score_val_batches", minimum=1)
         _check_choice(self, "hypergradient", HYPERGRADIENTS)
         _check_int(self, "unroll_steps", minimum=1)
         _check_choice(self, "selection_rule", SELECTION_RULES)

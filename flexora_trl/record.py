@@ -68,9 +68,17 @@ def plot_record(directory: str, record: dict) -> str | None:
                         alpha=1.0 if block in selected else 0.5)
     over_steps.axhline(0.0, color="black", lw=0.8)
     over_steps.set(title="alpha per block over outer steps", xlabel="outer step", ylabel="alpha")
-    final.bar(blocks, gates, color=["tab:green" if b in selected else "tab:gray" for b in blocks])
-    final.axhline(1.0, color="black", lw=0.8)
-    final.set(title="final gate L*softmax(alpha) (green = selected)", xlabel="block", ylabel="gate")
+    colors = ["tab:green" if b in selected else "tab:gray" for b in blocks]
+    score = record.get("selection_score", "gate")
+    if score == "gate" or not record.get("scores"):
+        final.bar(blocks, gates, color=colors)
+        final.axhline(1.0, color="black", lw=0.8)
+        final.set(title="final gate L*softmax(alpha) (green = selected)", xlabel="block", ylabel="gate")
+    else:
+        final.bar(blocks, [record["scores"][str(b)] for b in blocks], color=colors, capsize=2,
+                  yerr=[2 * record["score_stderr"][str(b)] for b in blocks])
+        final.axhline(0.0, color="black", lw=0.8)
+        final.set(title=f"{score} score, +-2 standard errors (green = selected)", xlabel="block", ylabel=score)
     figure.tight_layout()
     path = os.path.join(directory, PLOT_NAME)
     figure.savefig(path, dpi=100)

@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from .gates import LayerGates
 from .hypergradient import get_strategy, strategy_context
 from .options import FlexoraArguments
+from .scores import get_score
+from .selection import choose_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +30,12 @@ class SearchResult:
     trajectory: list[list[float]] = field(default_factory=list)  # alpha after every outer step
     inner_steps: int = 0
     outer_steps: int = 0
+    warmup_steps: int = 0
     seconds: float = 0.0
     stopped_early: str | None = None
+    settled_at: int | None = None  # the inner step after which the selection stopped changing (`search_patience`)
+    scores: dict[int, float] = field(default_factory=dict)  # by `selection_score`; alpha for the gate score
+    score_stderr: dict[int, float] = field(default_factory=dict)
 
 
 class GateSearch:
@@ -49,8 +55,11 @@ class GateSearch:
             eps=args.adam_epsilon,
             weight_decay=args.weight_decay,
         )
-        self.gate_optimizer = torch.optim.Adam([gates.alpha], lr=options.gate_lr)
+        optimizer = torch.optim.SGD if options.gate_optimizer == "sgd" else torch.optim.Adam
+        self.gate_optimizer = optimizer([gates.alpha], lr=options.gate_lr)
         self.hypergradient = get_strategy(options.hypergradient)
+        self.score = get_score(options.selection_score)
+        self._selections: list[tuple[int, ...]] = []  # after every outer step, for `search_patience`
         self.accumulation = args.gradient_accumulation_steps
 
     def loss(self, batch, lora_weights=None) -> torch.Tensor:
@@ -110,7 +119,8 @@ class GateSearch:
 
     def _outer_step(self, val_batches, lookahead) -> torch.Tensor:
         self.gate_optimizer.zero_grad(set_to_none=True)
-        val_loss = self.hypergradient(self, val_batches, lookahead)
+        with self.score.outer_context(self.gates):
+            val_loss = self.hypergradient(self, val_batches, lookahead)
         self._average_across_ranks([self.gates.alpha])
         self.gate_optimizer.step()
         return val_loss
@@ -134,6 +144,8 @@ class GateSearch:
         # through exactly the updates the inner loop is about to make.
         upcoming = deque()
         lookahead = self.options.unroll_steps if self.options.hypergradient == "unrolled" else 0
+        # Inner steps only at first: while LoRA's B is ~0 the gates get no gradient worth following.
+        result.warmup_steps = min(int(self.options.gate_warmup_fraction * num_inner_steps), num_inner_steps - 1)
         for step in range(1, num_inner_steps + 1):
             while len(upcoming) < 1 + lookahead:
                 upcoming.append([next(train_batches) for _ in range(self.accumulation)])
@@ -143,7 +155,7 @@ class GateSearch:
                 result.stopped_early = f"non-finite training loss at search step {step}"
                 logger.warning("Flexora: %s; stopping the search with the last good alpha.", result.stopped_early)
                 break
-            if step % self.options.search_outer_every == 0:
+            if step > result.warmup_steps and (step - result.warmup_steps) % self.options.search_outer_every == 0:
                 val = [next(val_batches) for _ in range(self.options.search_val_batches)]
                 val_loss = _mean_across_ranks(self.trainer, self._outer_step(val, list(upcoming)[:lookahead]))
                 result.outer_steps += 1
@@ -156,16 +168,37 @@ class GateSearch:
                 last_good_alpha = self.gates.alpha.detach().clone()
                 result.trajectory.append(last_good_alpha.cpu().tolist())
                 logs["flexora/val_loss"] = val_loss.item()
+                if self._settled():
+                    result.settled_at = step
             result.inner_steps = step
             progress.update(1)
             progress.set_postfix(loss=f"{logs['flexora/search_loss']:.3f}")
             if step % max(1, int(self.trainer.args.logging_steps or 1)) == 0 or step == num_inner_steps:
                 self._log(step, logs)
+            if result.settled_at is not None:
+                logger.info("Flexora: the selection has not changed for %d outer steps; the search ends at inner "
+                            "step %d of %d.", self.options.search_patience, step, num_inner_steps)
+                break
         progress.close()
+        if result.trajectory:
+            scores = self.score.result(self, result.trajectory, val_loader)
+            result.scores, result.score_stderr = scores.scores, scores.stderr
         result.seconds = time.perf_counter() - start
         result.alpha = self.gates.as_dict()
         result.gates = dict(zip(self.gates.blocks, self.gates.values().detach().cpu().tolist()))
         return result
+
+    def _settled(self) -> bool:
+        """Whether the selection the score gives now is the one it gave at each of the last `search_patience` outer
+        steps (every rank reaches the same answer: alpha and the averaged scores agree across ranks)."""
+        if self.options.search_patience is None:
+            return False
+        scores = self.score.current(self)
+        if scores is None:
+            return False
+        self._selections.append(tuple(choose_blocks(scores, self.options)))
+        recent = self._selections[-(self.options.search_patience + 1) :]
+        return len(recent) > self.options.search_patience and len(set(recent)) == 1
 
     def _log(self, step: int, logs: dict) -> None:
         """Through the trainer's own `log`, so tensorboard/wandb/trackio users see the gates during the search."""

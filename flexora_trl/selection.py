@@ -1,4 +1,5 @@
-"""Turn the final gate logits into the set of blocks that get a LoRA in the fine-tune."""
+"""Turn the blocks' scores (gate logits, or the `taylor` / `ablation` scores) into the set of blocks that get a LoRA in
+the fine-tune, and say whether the kept and dropped blocks are told apart beyond the noise of the validation batches."""
 
 from __future__ import annotations
 
@@ -10,24 +11,49 @@ from .options import FlexoraArguments
 logger = logging.getLogger(__name__)
 
 
-def select_blocks(alpha: dict[int, float], options: FlexoraArguments) -> list[int]:
-    """Apply `selection_rule`, then the min/max bounds; ties are broken towards the lower block index."""
-    ranked = sorted(alpha, key=lambda block: (-alpha[block], block))
+def _by_rule(scores: dict[int, float], options: FlexoraArguments) -> tuple[list[int], list[int]]:
+    """All blocks ranked (ties towards the lower index), and those `selection_rule` keeps before the bounds."""
+    ranked = sorted(scores, key=lambda block: (-scores[block], block))
     if options.selection_rule == "positive":
-        chosen = [block for block in ranked if alpha[block] > 0]
-    elif options.selection_rule == "top_k":
-        chosen = ranked[: options.selection_top_k]
-    else:
-        chosen = ranked[: max(1, math.ceil(options.selection_top_fraction * len(ranked)))]
+        return ranked, [block for block in ranked if scores[block] > 0]
+    if options.selection_rule == "top_k":
+        return ranked, ranked[: options.selection_top_k]
+    return ranked, ranked[: max(1, math.ceil(options.selection_top_fraction * len(ranked)))]
 
-    minimum = min(options.selection_min_layers, len(ranked))
-    if len(chosen) < minimum:
-        logger.warning(
-            "Flexora: the %s rule kept %d block(s); `selection_min_layers=%d` fills up with the largest gates.",
-            options.selection_rule, len(chosen), options.selection_min_layers,
-        )
-        chosen = ranked[:minimum]
-    if options.selection_max_layers is not None and len(chosen) > options.selection_max_layers:
-        logger.info("Flexora: `selection_max_layers=%d` drops the smallest gates.", options.selection_max_layers)
+
+def choose_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[int]:
+    """Apply `selection_rule`, then the min/max bounds (quietly: also used while the search runs)."""
+    ranked, chosen = _by_rule(scores, options)
+    if len(chosen) < min(options.selection_min_layers, len(ranked)):
+        chosen = ranked[: options.selection_min_layers]
+    if options.selection_max_layers is not None:
         chosen = chosen[: options.selection_max_layers]
     return sorted(chosen)
+
+
+def select_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[int]:
+    """`choose_blocks`, saying in the log when the min/max bounds changed what the rule kept."""
+    ranked, kept = _by_rule(scores, options)
+    if len(kept) < min(options.selection_min_layers, len(ranked)):
+        logger.warning(
+            "Flexora: the %s rule kept %d block(s); `selection_min_layers=%d` fills up with the highest scores.",
+            options.selection_rule, len(kept), options.selection_min_layers,
+        )
+    elif options.selection_max_layers is not None and len(kept) > options.selection_max_layers:
+        logger.info("Flexora: `selection_max_layers=%d` drops the lowest scores.", options.selection_max_layers)
+    return choose_blocks(scores, options)
+
+
+def separation(scores: dict[int, float], stderr: dict[int, float], selected: list[int]) -> dict:
+    """The gap between the weakest kept and the strongest dropped block, against two standard errors of that
+    difference: a gap inside the noise means the selection at the boundary is a coin flip."""
+    kept = [b for b in scores if b in selected]
+    dropped = [b for b in scores if b not in selected]
+    if not kept or not dropped:
+        return {"gap": None, "noise": None, "separated": True}
+    weakest = min(kept, key=lambda b: (scores[b], -b))
+    strongest = max(dropped, key=lambda b: (scores[b], -b))
+    gap = scores[weakest] - scores[strongest]
+    noise = 2 * math.sqrt(stderr.get(weakest, 0.0) ** 2 + stderr.get(strongest, 0.0) ** 2)
+    return {"gap": gap, "noise": noise, "separated": gap > noise, "weakest_kept": weakest,
+            "strongest_dropped": strongest}

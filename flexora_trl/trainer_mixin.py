@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 
@@ -23,11 +22,12 @@ from transformers.trainer_utils import get_last_checkpoint
 from .adapter import check_reinitialisable, count_trainable, reinitialise_lora, restrict_lora_to_blocks
 from .backward_floor import BackwardFloor
 from .blocks import map_lora_blocks
+from .budget import SearchPlan, announce, plan_search
 from .gates import LayerGates
 from .options import FlexoraArguments
 from .record import RECORD_NAME, package_versions, plot_record, read_selection, write_record
 from .search import GateSearch
-from .selection import select_blocks
+from .selection import select_blocks, separation
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class FlexoraTrainerMixin:
         self.flexora_selection_given = self._given_selection()
         if self.flexora_selection_given is None:
             self._validation_dataset()  # raises on a missing, empty or too-small validation set
-            self._search_subset_size()
+            self._search_plan()  # raises when no training example is left for the search
 
     def _given_selection(self) -> list[int] | None:
         options = self.flexora_args
@@ -111,12 +111,12 @@ class FlexoraTrainerMixin:
             )
         return dataset
 
-    def _search_subset_size(self) -> int:
+    def _search_plan(self) -> SearchPlan:
         held_out = self.flexora_args.search_holdout_samples if self.flexora_args.search_validation == "holdout" else 0
-        available = _length(self.train_dataset, "train_dataset") - held_out
-        if available < 1:
+        train_size = _length(self.train_dataset, "train_dataset")
+        if train_size - held_out < 1:
             raise ValueError("The training set is empty: the search needs training examples.")
-        return min(self.flexora_args.search_samples, available)
+        return plan_search(self.flexora_args, self.args, train_size, train_size - held_out)
 
     # ---------------------------------------------------------------- the run
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
@@ -137,6 +137,9 @@ class FlexoraTrainerMixin:
         finally:
             floor.remove()
         self.flexora_record["finetune_seconds"] = round(time.perf_counter() - start, 3)
+        if self.flexora_record.get("search_seconds"):
+            self.flexora_record["search_share"] = round(
+                self.flexora_record["search_seconds"] / max(self.flexora_record["finetune_seconds"], 1e-9), 4)
         self._write_record(self.args.output_dir)
         return output
 
@@ -186,13 +189,11 @@ class FlexoraTrainerMixin:
         reinitialise_lora(self.model, self.flexora_blocks)
         gates = LayerGates(self.flexora_blocks, device=next(p for p in self.model.parameters() if p.requires_grad).device)
         try:
-            train_loader, val_loader, samples = self._search_dataloaders()
-            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-            steps = options.search_steps or max(1, math.ceil(samples / per_step))
+            plan = self._search_plan()
+            train_loader, val_loader, _ = self._search_dataloaders(plan.samples)
             self._search_gradient_checkpointing()
-            logger.info("Flexora: searching over %d blocks for %d inner steps (%d samples).",
-                        len(gates.blocks), steps, samples)
-            result = GateSearch(self, gates, options).run(train_loader, val_loader, steps)
+            announce(plan, gates.blocks, options.search_budget)
+            result = GateSearch(self, gates, options).run(train_loader, val_loader, plan.inner_steps)
         finally:
             gates.remove()
             if args.gradient_checkpointing:  # back to the user's own checkpointing settings for the fine-tune
@@ -206,8 +207,10 @@ class FlexoraTrainerMixin:
         if hasattr(self, "_metrics"):  # TRL's per-step metric buffers: the fine-tune logs start clean
             for buffer in self._metrics.values():
                 buffer.clear()
-        selected = select_blocks(result.alpha, options)
+        selected = select_blocks(result.scores, options)
         selected = broadcast_object_list([selected])[0] if args.world_size > 1 else selected
+        split = separation(result.scores, result.score_stderr, selected)
+        _log_scores(options.selection_score, result, selected, split)
         record = self._record_for(selected, source="search")
         record.update(
             alpha={str(b): round(a, 6) for b, a in result.alpha.items()},
@@ -216,7 +219,14 @@ class FlexoraTrainerMixin:
             search_seconds=round(result.seconds, 3),
             search_inner_steps=result.inner_steps,
             search_outer_steps=result.outer_steps,
-            search_samples=samples,
+            search_warmup_steps=result.warmup_steps,
+            search_settled_at=result.settled_at,
+            selection_score=options.selection_score,
+            scores={str(b): round(v, 6) for b, v in result.scores.items()},
+            score_stderr={str(b): round(v, 6) for b, v in result.score_stderr.items()},
+            score_separation={k: round(v, 6) if isinstance(v, float) else v for k, v in split.items()},
+            search_samples=plan.samples,
+            search_plan=plan.as_dict(),
             search_stopped_early=result.stopped_early,
         )
         return record
@@ -231,7 +241,7 @@ class FlexoraTrainerMixin:
             kwargs["use_reentrant"] = False
         self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
-    def _search_dataloaders(self):
+    def _search_dataloaders(self, samples: int | None = None):
         """Held-out validation and search subsets drawn with the seed, loaded by the trainer's own dataloaders."""
         options = self.flexora_args
         order = np.random.default_rng(self.args.seed).permutation(_length(self.train_dataset, "train_dataset"))
@@ -240,7 +250,7 @@ class FlexoraTrainerMixin:
             val_dataset = _subset(self.train_dataset, order[:held_out])
         else:
             held_out, val_dataset = 0, self._validation_dataset()
-        samples = self._search_subset_size()
+        samples = samples or self._search_plan().samples
         search_dataset = _subset(self.train_dataset, order[held_out : held_out + samples])
         full_dataset, self.train_dataset = self.train_dataset, search_dataset
         try:
@@ -294,6 +304,20 @@ class FlexoraTrainerMixin:
         """Save the (plain PEFT) adapter as usual, with the selection record beside it (checkpoints included)."""
         super().save_model(output_dir, _internal_call=_internal_call)
         self._write_record(output_dir or self.args.output_dir)
+
+
+def _log_scores(name: str, result, selected: list[int], split: dict) -> None:
+    """Each block's score with its standard error, and a warning when the selection's boundary is inside the noise."""
+    ranked = sorted(result.scores, key=lambda b: -result.scores[b])
+    logger.info("Flexora: %s score per block (+- standard error over validation batches; * = kept): %s", name,
+                ", ".join(f"{b}{'*' if b in selected else ''} {result.scores[b]:.4g}+-{result.score_stderr[b]:.2g}"
+                          for b in ranked))
+    if not split["separated"]:
+        logger.warning(
+            "Flexora: the weakest kept block (%d) and the strongest dropped one (%d) differ by %.3g in %s score, "
+            "within the noise (2 standard errors: %.3g): the selection at its boundary is a coin flip. Raise the "
+            "search budget (`search_samples`, `search_val_batches`) for a selection that holds.",
+            split["weakest_kept"], split["strongest_dropped"], split["gap"], name, split["noise"])
 
 
 def _check_distributed_backend(args) -> None:

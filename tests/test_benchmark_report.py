@@ -29,8 +29,9 @@ def test_paired_interval_is_students_t_over_the_differences():
     assert p.sd == pytest.approx(0.01)
     half = 4.302653 * 0.01 / math.sqrt(3)  # t(0.975, df=2)
     assert (p.low, p.high) == pytest.approx((0.02 - half, 0.02 + half), abs=1e-5)
-    assert (p.wins, p.losses, p.verdict) == (3, 0, "better")
-    assert paired([-0.05, 0.04]).verdict == "tie"
+    assert (p.wins, p.losses, p.verdict) == (3, 0, "tie")  # all three positive, but the interval holds 0
+    assert paired([0.02, 0.03, 0.025]).verdict == "better"
+    assert paired([-0.02, -0.03, -0.025]).verdict == "worse"
 
 
 def test_sign_test_is_two_sided_binomial():

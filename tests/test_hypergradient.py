@@ -8,41 +8,20 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from flexora_trl.gates import LayerGates
 from flexora_trl.hypergradient import eager_attention, first_order, unrolled, unrolled_validation_loss
-from flexora_trl.search import GateSearch
-from tiny import flexora_trainer, lora_config
+from tiny import float64_search, flexora_trainer, lora_config
 
 ALPHA = [0.1, -0.2, 0.05, 0.12]
-
-
-def float64_cross_entropy(outputs, labels, num_items_in_batch=None):
-    """transformers' own loss upcasts logits with .float(), i.e. to float32; the test needs float64 throughout."""
-    logits = outputs.logits[:, :-1].reshape(-1, outputs.logits.shape[-1])
-    return torch.nn.functional.cross_entropy(logits.double(), labels[:, 1:].reshape(-1), ignore_index=-100)
 
 
 @pytest.fixture()
 def search_setup(tiny_gpt2_dir, chat_examples, tmp_path):
     """A real trainer's search, two inner steps in (B != 0, Adam moments set), alpha away from zero."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir, dtype=torch.float64, attn_implementation="eager")
-    trainer = flexora_trainer(
-        tiny_gpt2_dir, tmp_path, chat_examples[:64], model=model, loss_type="nll", hypergradient="unrolled",
-        per_device_train_batch_size=4, per_device_eval_batch_size=4,
-        peft_config=lora_config(target_modules=["c_attn", "c_fc"], fan_in_fan_out=True),
-    )
-    trainer.compute_loss_func = float64_cross_entropy
-    gates = LayerGates(trainer.flexora_blocks, dtype=torch.float64)
-    search = GateSearch(trainer, gates, trainer.flexora_args)
-    train_loader, val_loader, _ = trainer._search_dataloaders()
-    batches = iter(train_loader)
-    search._inner_step([next(batches)])
-    search._inner_step([next(batches)])
+    search, batches, val_loader = float64_search(tiny_gpt2_dir, chat_examples[:64], tmp_path, hypergradient="unrolled")
     with torch.no_grad():
-        gates.alpha.copy_(torch.tensor(ALPHA, dtype=torch.float64))
+        search.gates.alpha.copy_(torch.tensor(ALPHA, dtype=torch.float64))
     yield search, batches, [next(iter(val_loader))]
-    gates.remove()
+    search.gates.remove()
 
 
 def central_differences(search, val, lookahead, step=1e-5):

@@ -44,23 +44,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("planted", [(1, 4), (2, 5), (0, 3)], ids=lambda p: "blocks_" + "_".join(map(str, p)))
-def test_search_ranks_planted_blocks_first(planted, tiny_llama_dir, tmp_path, one_thread):
-    """Measured with seeds 0-3 on each set (12 runs): recall 1.0 in all; the weakest planted block leads the strongest
-    other block by 0.66 to 1.88 in alpha. Seed 0: alpha (1, 4) [-1.69, 1.40, 0.10, 0.19, 1.48, 0.03],
-    (2, 5) [-1.92, -1.29, 1.29, -0.30, -0.42, 1.40], (0, 3) [0.26, -1.53, -1.30, 1.48, -0.41, -0.45].
-    13-30 s a run on the shared 2-core machine, depending on its load."""
-    seed = 0
+def planted_search(planted, tiny_llama_dir, output_dir, target_modules=("down_proj",), seed=0, **options):
+    """The real trainer's search on a teacher's samples; returns the record and the top-|planted| blocks by score."""
     base = build_sharp_llama(build_tokenizer(), num_layers=6, head_scale=10.0, vocab_size=1024)
     teacher = plant_delta(base, planted, kl_per_block=0.3, rank=8, module="down_proj", seed=seed + 1)
     rows = teacher_samples(teacher, SEARCH_SAMPLES + HOLDOUT, prompt_tokens=4, new_tokens=20, seed=seed + 1)
-
     trainer = flexora_trainer(
         tiny_llama_dir,  # only its tokenizer is used: the model is `base`, the data pretokenized
-        tmp_path / "out",
+        output_dir,
         rows,
         model=base,
-        peft_config=lora_config(r=32, lora_alpha=64, target_modules=["down_proj"]),
+        peft_config=lora_config(r=32, lora_alpha=64, target_modules=list(target_modules)),
         assistant_only_loss=False,  # the loss is on the teacher's tokens through `completion_mask`
         learning_rate=3e-3,
         per_device_train_batch_size=16,
@@ -75,14 +69,42 @@ def test_search_ranks_planted_blocks_first(planted, tiny_llama_dir, tmp_path, on
         disable_tqdm=True,
         gradient_checkpointing=False,  # TRL's default recomputes activations: the same numbers, 30% slower here
         seed=seed,
+        **options,
     )
     trainer.train()
-
     record = trainer.flexora_record
+    scores = {int(block): value for block, value in record["scores"].items()}
+    top = sorted(sorted(scores, key=scores.get, reverse=True)[: len(planted)])
+    print(f"planted {planted}, {record['selection_score']} on {list(target_modules)}: scores "
+          f"{[round(scores[b], 4) for b in sorted(scores)]}, top {top}, selected {record['selected_layers']}, "
+          f"search {record['search_seconds']:.1f} s")
+    return record, top
+
+
+@pytest.mark.parametrize("planted", [(1, 4), (2, 5), (0, 3)], ids=lambda p: "blocks_" + "_".join(map(str, p)))
+def test_search_ranks_planted_blocks_first(planted, tiny_llama_dir, tmp_path, one_thread):
+    """Measured with seeds 0-3 on each set (12 runs): recall 1.0 in all; the weakest planted block leads the strongest
+    other block by 0.66 to 1.88 in alpha. Seed 0: alpha (1, 4) [-1.69, 1.40, 0.10, 0.19, 1.48, 0.03],
+    (2, 5) [-1.92, -1.29, 1.29, -0.30, -0.42, 1.40], (0, 3) [0.26, -1.53, -1.30, 1.48, -0.41, -0.45].
+    13-30 s a run on the shared 2-core machine, depending on its load."""
+    record, top = planted_search(planted, tiny_llama_dir, tmp_path / "out")
     assert record["search_inner_steps"] == record["search_outer_steps"] == 128
-    alpha = {int(block): value for block, value in record["alpha"].items()}
-    top = sorted(alpha, key=alpha.get, reverse=True)[: len(planted)]
-    recall = len(set(top) & set(planted)) / len(planted)
-    print(f"planted {planted}: alpha {[round(alpha[b], 3) for b in sorted(alpha)]}, top {sorted(top)}, "
-          f"selected {record['selected_layers']}, search {record['search_seconds']:.1f} s")
-    assert recall == 1.0, f"planted {planted}, top {sorted(top)}, alpha {alpha}"
+    assert top == sorted(planted), f"planted {planted}, top {top}, alpha {record['alpha']}"
+
+
+@pytest.mark.parametrize("planted", [(1, 4), (2, 5), (0, 3)], ids=lambda p: "blocks_" + "_".join(map(str, p)))
+def test_ablation_score_ranks_planted_blocks_first(planted, tiny_llama_dir, tmp_path, one_thread):
+    """The same search ranked by the `ablation` score (validation loss with one block's LoRA off minus all on).
+    Seed 0, (1, 4): scores [-0.002, 0.148, -0.013, -0.014, 0.075, -0.004]: the planted blocks are the only positive
+    ones, so the `positive` rule keeps exactly them (the gate's `positive` kept 5 of 6 blocks on that set); the same
+    on (2, 5) and (0, 3).
+
+    Measured once each and not asserted (seed 0, planted (1, 4)): the `taylor` score (minus d L_val / d mask at 1,
+    averaged over the outer steps) was negative for every block and most negative for the planted ones
+    ([-0.002, -0.030, -0.008, -0.010, -0.031, -0.010]): after 4 passes their LoRA sits past the loss's minimum along
+    its own scale, so the local slope says "shrink it" while removing it costs the most. With the student's LoRA on
+    every projection, `ablation` found block 1 clearly (0.152) but not block 4 (-0.031; top 2: blocks 0 and 1), and
+    `taylor` neither (top 2: blocks 0 and 2)."""
+    record, top = planted_search(planted, tiny_llama_dir, tmp_path / "out", selection_score="ablation")
+    assert top == sorted(planted), f"planted {planted}, top {top}, scores {record['scores']}"
+    assert record["selected_layers"] == sorted(planted)  # measured: (2, 5) and (0, 3) too, margins 0.07 to 0.14

@@ -100,6 +100,38 @@ def flexora_trainer(model_dir, output_dir, examples, peft_config="default", eval
     )
 
 
+def float64_cross_entropy(outputs, labels, num_items_in_batch=None):
+    """transformers' own loss upcasts logits with .float(), i.e. to float32; finite differences need float64."""
+    import torch
+
+    logits = outputs.logits[:, :-1].reshape(-1, outputs.logits.shape[-1])
+    return torch.nn.functional.cross_entropy(logits.double(), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def float64_search(model_dir, examples, output_dir, inner_steps: int = 2, **options):
+    """A real trainer's search on a tiny GPT-2 in float64 (Llama's eager attention takes its softmax in float32,
+    which caps any finite difference through it), `inner_steps` in: LoRA's B != 0 and Adam's moments set.
+    Returns the search, the iterator of its coming training batches and its validation loader."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flexora_trl.gates import LayerGates
+    from flexora_trl.search import GateSearch
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64, attn_implementation="eager")
+    settings = dict(loss_type="nll", per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                    peft_config=lora_config(target_modules=["c_attn", "c_fc"], fan_in_fan_out=True))
+    trainer = flexora_trainer(model_dir, output_dir, examples, model=model, **{**settings, **options})
+    trainer.compute_loss_func = float64_cross_entropy
+    search = GateSearch(trainer, LayerGates(trainer.flexora_blocks, dtype=torch.float64), trainer.flexora_args)
+    train_loader, val_loader, _ = trainer._search_dataloaders()
+    batches = iter(train_loader)
+    for _ in range(inner_steps):
+        search._inner_step([next(batches)])
+    return search, batches, val_loader
+
+
 # ---------------------------------------------------------------- planted-layer data (tests/test_planted.py)
 def build_sharp_llama(tokenizer, num_layers: int = 6, head_scale: float = 10.0, vocab_size: int | None = None,
                       seed: int = 0):

@@ -1,0 +1,85 @@
+"""How long the search runs: sized to cost `search_budget` of the fine-tune it precedes, unless the user says.
+
+The cost model counts training samples through a forward and backward pass, the unit a fine-tune step is made of:
+an inner step costs one fine-tune step (the same batch through the same model), an outer step adds its validation
+micro-batches (`search_val_batches` x `per_device_eval_batch_size`) every `search_outer_every` inner steps, and the
+unrolled hypergradient differentiates through `unroll_steps` look-ahead updates with their second-order terms
+(counted as 3 passes each). The benchmark checks the model against measured seconds per sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+logger = logging.getLogger(__name__)
+
+# Below this many inner steps a search cannot select: LoRA's B must leave zero and the gates need several validation
+# batches before their ranking means anything (with Adam, alpha moves by at most about `gate_lr` a step). Provisional:
+# the benchmark's budget study is what should set it.
+MIN_SEARCH_STEPS = 32
+
+
+@dataclass
+class SearchPlan:
+    inner_steps: int
+    outer_steps: int
+    samples: int  # distinct training examples in the search subset (cycled when the steps need more)
+    finetune_steps: int  # the planned fine-tune's optimizer steps
+    step_cost: float  # one inner step and its share of outer steps, in fine-tune steps
+    estimated_share: float  # search / fine-tune, estimated
+    sized_by: str  # "search_steps", "search_samples", "search_budget" or "floor"
+
+    def as_dict(self) -> dict:
+        return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+
+def finetune_steps(args, train_size: int) -> int:
+    """The optimizer steps the Trainer will take: `max_steps`, or epochs x updates per epoch (world size included)."""
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    batches = math.ceil(train_size / (args.per_device_train_batch_size * args.world_size))
+    updates = max(1, batches // args.gradient_accumulation_steps)
+    return max(1, math.ceil(args.num_train_epochs * updates))
+
+
+def inner_step_cost(options, args) -> float:
+    """An inner step plus its share of outer steps, in fine-tune steps (samples through forward and backward)."""
+    train = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    outer = options.search_val_batches * args.per_device_eval_batch_size / options.search_outer_every
+    if options.hypergradient == "unrolled":
+        outer += 3 * options.unroll_steps * train / options.search_outer_every
+    return 1.0 + outer / train
+
+
+def plan_search(options, args, train_size: int, available: int) -> SearchPlan:
+    """Inner steps and samples of the search. Explicit `search_steps` or `search_samples` win; otherwise the steps
+    that cost `search_budget` of the planned fine-tune, and never fewer than MIN_SEARCH_STEPS."""
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    planned = finetune_steps(args, train_size)
+    cost = inner_step_cost(options, args)
+    if options.search_steps is not None:
+        steps, sized_by = options.search_steps, "search_steps"
+    elif options.search_samples is not None:
+        steps, sized_by = max(1, math.ceil(min(options.search_samples, available) / per_step)), "search_samples"
+    else:
+        steps, sized_by = int(options.search_budget * planned / cost), "search_budget"
+        if steps < MIN_SEARCH_STEPS:
+            steps, sized_by = MIN_SEARCH_STEPS, "floor"
+    samples = min(options.search_samples or steps * per_step, available)
+    outer = (steps - min(int(options.gate_warmup_fraction * steps), steps - 1)) // options.search_outer_every
+    return SearchPlan(steps, outer, samples, planned, cost, steps * cost / planned, sized_by)
+
+
+def announce(plan: SearchPlan, blocks: list[int], budget: float) -> None:
+    """The pre-flight line: what the search will do and what share of the run it is estimated to take."""
+    logger.info(
+        "Flexora: searching %d candidate blocks with %d inner + %d outer steps on %d training samples; estimated "
+        "%.1f %% of the %d-step fine-tune (sized by %s).", len(blocks), plan.inner_steps, plan.outer_steps,
+        plan.samples, 100 * plan.estimated_share, plan.finetune_steps, plan.sized_by)
+    if plan.sized_by == "floor":
+        logger.warning(
+            "Flexora: the fine-tune is short: %d steps cost %.0f %% of it, over `search_budget`=%.0f %%, but fewer "
+            "than %d inner steps cannot select. Set `search_steps` to override.", plan.inner_steps,
+            100 * plan.estimated_share, 100 * budget, MIN_SEARCH_STEPS)

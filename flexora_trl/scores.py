@@ -1,0 +1,133 @@
+"""What ranks the blocks after the search (the `selection_score` option): `gate`, `taylor` or `ablation`.
+
+Every score gives each block a mean and a standard error over validation batches, so the selection can tell whether
+its kept and dropped blocks are apart beyond the noise. Why three: a gate's size is not the block's importance (Wang
+et al., ICLR 2021, "Rethinking architecture selection in differentiable NAS": the drop in validation quality when a
+candidate is removed ranks candidates better than its architecture weight); the first-order Taylor term of that
+removal is its cheap estimate (Molchanov et al., CVPR 2019), gathered for free on the outer steps' backward passes.
+Neither score is centred by a softmax, so `positive` keeps the blocks that help, not half of them by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import reduce
+
+
+@dataclass
+class BlockScores:
+    scores: dict[int, float]
+    stderr: dict[int, float]
+
+
+def summarise(blocks: list[int], samples: list[torch.Tensor], trainer=None) -> BlockScores:
+    """Mean and standard error over per-batch score vectors (averaged across ranks when distributed)."""
+    stacked = torch.stack([s.detach().double() for s in samples])
+    mean = stacked.mean(0)
+    stderr = stacked.std(0) / math.sqrt(len(samples)) if len(samples) > 1 else torch.zeros_like(mean)
+    if trainer is not None and trainer.accelerator.num_processes > 1:
+        mean, stderr = reduce(mean, reduction="mean"), reduce(stderr, reduction="mean")
+    return BlockScores(dict(zip(blocks, mean.tolist())), dict(zip(blocks, stderr.tolist())))
+
+
+class GateScore:
+    """alpha after the search (the paper). Its spread: how much alpha still moved over the last quarter of the
+    outer steps, each on other validation batches."""
+
+    name = "gate"
+
+    def outer_context(self, gates):
+        return contextlib.nullcontext()
+
+    def collect(self, gates) -> None:
+        pass
+
+    def current(self, search) -> dict[int, float] | None:
+        """The score so far, for stopping a search whose selection has settled."""
+        return search.gates.as_dict()
+
+    def result(self, search, trajectory, val_loader) -> BlockScores:
+        alpha = search.gates.as_dict()
+        tail = trajectory[-max(2, len(trajectory) // 4) :]
+        if len(tail) < 2:
+            return BlockScores(alpha, {block: 0.0 for block in alpha})
+        spread = torch.tensor(tail, dtype=torch.float64).std(0).tolist()
+        return BlockScores(alpha, dict(zip(search.gates.blocks, spread)))
+
+
+class TaylorScore(GateScore):
+    """-d L_val / d mask_l at mask = 1 on every outer step's validation batches: the first-order estimate of how much
+    the validation loss rises when block l's LoRA (as trained so far) is switched off."""
+
+    name = "taylor"
+
+    def __init__(self):
+        self.samples: list[torch.Tensor] = []
+
+    def outer_context(self, gates):
+        return gates.mask_gradient()
+
+    def collect(self, gates) -> None:
+        if gates.mask.grad is not None:
+            self.samples.append(-gates.mask.grad.detach().clone())
+            gates.mask.grad = None
+
+    def current(self, search) -> dict[int, float] | None:
+        if not self.samples:
+            return None
+        return summarise(search.gates.blocks, self.samples, search.trainer).scores
+
+    def result(self, search, trajectory, val_loader) -> BlockScores:
+        if not self.samples:
+            raise RuntimeError("the taylor score saw no outer step: raise the search budget or lower the warm-up")
+        return summarise(search.gates.blocks, self.samples, search.trainer)
+
+
+class AblationScore(GateScore):
+    """After the search: the validation loss with one block's LoRA switched off minus with all on, on the same
+    `score_val_batches` batches for every block (forward passes only; 1 + L passes per batch)."""
+
+    name = "ablation"
+
+    def current(self, search) -> dict[int, float] | None:
+        return None
+
+    @torch.no_grad()
+    def result(self, search, trajectory, val_loader) -> BlockScores:
+        batches = [batch for batch, _ in zip(_cycle_once(val_loader), range(search.options.score_val_batches))]
+        was_training = search.model.training
+        search.model.eval()
+        try:
+            base = torch.stack([search.loss(batch).detach().float() for batch in batches])
+            rises = torch.zeros(len(batches), len(search.gates.blocks), dtype=torch.float64)
+            for position in range(len(search.gates.blocks)):
+                with search.gates.switched_off(position):
+                    for row, batch in enumerate(batches):
+                        rises[row, position] = float(search.loss(batch)) - float(base[row])
+        finally:
+            search.model.train(was_training)
+        return summarise(search.gates.blocks, list(rises), search.trainer)
+
+
+def _cycle_once(loader):
+    """The loader's batches, repeated if it has fewer than asked for."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
+SCORES = {"gate": GateScore, "taylor": TaylorScore, "ablation": AblationScore}
+
+
+def get_score(name: str):
+    if name not in SCORES:
+        raise NotImplementedError(f"selection_score={name!r} is not available; choose one of {sorted(SCORES)}.")
+    return SCORES[name]()

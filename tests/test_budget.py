@@ -1,0 +1,81 @@
+"""The search's size: `search_budget` of the planned fine-tune (max_steps or epochs, accumulation and world size
+included), the floor and its log line, explicit budgets winning, and the early stop once the selection settles."""
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+from transformers import TrainingArguments
+
+from flexora_trl.budget import MIN_SEARCH_STEPS, finetune_steps, inner_step_cost, plan_search
+from flexora_trl.options import FlexoraArguments
+from tiny import flexora_trainer
+
+
+def training_args(tmp_path, **overrides):
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=8,
+                    use_cpu=True, report_to="none")
+    return TrainingArguments(**{**settings, **overrides})
+
+
+def test_budget_sizes_the_search_from_max_steps(tmp_path):
+    args = training_args(tmp_path, max_steps=1000)
+    options = FlexoraArguments(search_val_batches=2)  # an outer step = 16 validation samples = 2 inner steps
+    assert inner_step_cost(options, args) == pytest.approx(3.0)
+    plan = plan_search(options, args, train_size=50_000, available=49_800)
+    assert (plan.inner_steps, plan.samples, plan.sized_by) == (33, 33 * 8, "search_budget")
+    assert plan.estimated_share == pytest.approx(33 * 3 / 1000) and plan.estimated_share <= 0.10
+
+
+def test_budget_counts_epochs_accumulation_and_world_size():
+    args = SimpleNamespace(max_steps=-1, num_train_epochs=3, per_device_train_batch_size=4,
+                           gradient_accumulation_steps=2, world_size=2, per_device_eval_batch_size=8)
+    # 10,000 examples over 2 ranks of 4: 1,250 batches a rank, 625 optimizer steps an epoch, 1,875 in all.
+    assert finetune_steps(args, 10_000) == 1875
+    options = FlexoraArguments(search_val_batches=1, search_budget=0.2)  # outer step: 8 samples per 8 a rank
+    plan = plan_search(options, args, train_size=10_000, available=9_800)
+    assert plan.inner_steps == int(0.2 * 1875 / 2.0) == 187
+    assert plan.samples == 187 * 4 * 2 * 2
+
+
+def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, chat_examples):
+    plan = plan_search(FlexoraArguments(), training_args(tmp_path, max_steps=40), 5_000, 4_800)
+    assert (plan.inner_steps, plan.sized_by) == (MIN_SEARCH_STEPS, "floor")
+    assert plan.estimated_share > 0.10
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path / "out", chat_examples[:48], search_samples=None,
+                              search_holdout_samples=16, per_device_train_batch_size=4, max_steps=2)
+    with caplog.at_level(logging.INFO, logger="flexora_trl"):
+        trainer.train()
+    record = trainer.flexora_record
+    assert record["search_inner_steps"] == MIN_SEARCH_STEPS and record["search_plan"]["sized_by"] == "floor"
+    assert record["search_samples"] == 32  # the 48 examples less the 16 held out, cycled
+    assert "fewer than 32 inner steps cannot select" in caplog.text
+    assert "estimated" in caplog.text and record["search_share"] > 0
+
+
+@pytest.mark.parametrize("explicit, steps", [(dict(search_samples=100), 13), (dict(search_steps=7), 7),
+                                             (dict(search_samples=100, search_steps=5), 5)])
+def test_explicit_budgets_win(explicit, steps, tmp_path):
+    plan = plan_search(FlexoraArguments(**explicit), training_args(tmp_path, max_steps=10_000), 50_000, 49_800)
+    assert plan.inner_steps == steps and plan.sized_by != "search_budget"
+
+
+def test_search_ends_once_the_selection_settles(tiny_llama_dir, chat_examples, tmp_path):
+    common = dict(search_samples=64, search_holdout_samples=16, per_device_train_batch_size=2, max_steps=1,
+                  gate_lr=0.05)
+    settled = flexora_trainer(tiny_llama_dir, tmp_path / "a", chat_examples[:80], search_patience=3, **common)
+    settled.train()
+    record = settled.flexora_record
+    assert record["search_settled_at"] is not None
+    assert record["search_inner_steps"] == record["search_settled_at"] < 32
+    # the last 4 alphas (3 outer steps of patience) keep the same blocks above zero
+    tail = [tuple(i for i, a in enumerate(row) if a > 0) for row in record["alpha_trajectory"][-4:]]
+    assert len(set(tail)) == 1
+    full = flexora_trainer(tiny_llama_dir, tmp_path / "b", chat_examples[:80], **common)
+    full.train()
+    assert full.flexora_record["search_inner_steps"] == 32 and full.flexora_record["search_settled_at"] is None
+
+
+def test_patience_needs_a_score_that_exists_during_the_search():
+    with pytest.raises(ValueError, match="search_patience"):
+        FlexoraArguments(search_patience=2, selection_score="ablation").validate()

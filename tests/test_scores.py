@@ -1,0 +1,105 @@
+"""The selection scores (`selection_score`): the taylor score is the mask's gradient (checked against central finite
+differences in float64), the ablation score the loss measured with one block's LoRA off, the gate warm-up takes
+inner steps only, and every score reaches the record with its spread and the separation of kept and dropped blocks."""
+
+import pytest
+import torch
+
+from flexora_trl.hypergradient import first_order
+from flexora_trl.scores import AblationScore, TaylorScore
+from flexora_trl.selection import separation
+from tiny import float64_search, flexora_trainer
+
+
+@pytest.fixture()
+def trained_search(tiny_gpt2_dir, chat_examples, tmp_path, request):
+    """A real trainer's search in float64, three inner steps in (LoRA's B away from zero)."""
+    search, _, val_loader = float64_search(tiny_gpt2_dir, chat_examples[:64], tmp_path, inner_steps=3,
+                                           learning_rate=1e-2, selection_score=request.param, score_val_batches=2)
+    search.model.eval()  # GPT-2's dropout off: the finite differences need the same function every call
+    yield search, val_loader
+    search.gates.remove()
+
+
+def _val_loss(search, batches) -> float:
+    with torch.no_grad():
+        return sum(float(search.loss(batch)) for batch in batches)
+
+
+@pytest.mark.parametrize("trained_search", ["taylor"], indirect=True)
+def test_taylor_score_is_minus_the_mask_gradient(trained_search):
+    search, val_loader = trained_search
+    val = [next(iter(val_loader))]
+    with search.score.outer_context(search.gates):  # an outer step's gradient, without its gate update
+        first_order(search, val, [])
+    (sample,) = search.score.samples
+    mask = search.gates.mask
+    for position in range(mask.numel()):
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                mask[position] += sign * 1e-5
+            values.append(_val_loss(search, val))
+            with torch.no_grad():
+                mask[position] -= sign * 1e-5
+        assert float(sample[position]) == pytest.approx(-(values[0] - values[1]) / 2e-5, rel=1e-4, abs=1e-9)
+    assert mask.grad is None and not mask.requires_grad  # nothing left behind for the inner steps
+
+
+@pytest.mark.parametrize("trained_search", ["ablation"], indirect=True)
+def test_ablation_score_is_the_loss_with_the_block_switched_off(trained_search):
+    search, val_loader = trained_search
+    result = AblationScore().result(search, [], val_loader)
+    batches = list(val_loader)[:2]
+    everything = _val_loss(search, batches)
+    for position, block in enumerate(search.gates.blocks):
+        # The same block without LoRA, by zeroing its B weights: what switching it off must mean.
+        saved = []
+        for name, param in search.model.named_parameters():
+            if "lora_B" in name and search.trainer.flexora_blocks.block_of(name) == block:
+                saved.append((param, param.detach().clone()))
+                param.data.zero_()
+        without = _val_loss(search, batches)
+        for param, value in saved:
+            param.data.copy_(value)
+        assert result.scores[block] == pytest.approx((without - everything) / len(batches), rel=1e-4)
+    assert float(search.gates.mask.min()) == 1.0  # every block switched back on
+
+
+@pytest.mark.parametrize("score", ["gate", "taylor", "ablation"])
+def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir, chat_examples, tmp_path):
+    trainer = flexora_trainer(
+        tiny_llama_dir, tmp_path / score, chat_examples[:48], selection_score=score, gate_warmup_fraction=0.5,
+        search_samples=32, search_holdout_samples=16, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        score_val_batches=2, max_steps=1,
+    )
+    trainer.train()
+    record = trainer.flexora_record
+    assert record["search_inner_steps"] == 8
+    assert record["search_warmup_steps"] == 4 and record["search_outer_steps"] == 4
+    assert len(record["alpha_trajectory"]) == 4
+    scores = {int(b): v for b, v in record["scores"].items()}
+    assert set(scores) == set(range(4)) and set(map(int, record["score_stderr"])) == set(range(4))
+    if score == "gate":
+        assert record["scores"] == record["alpha"]
+    expected = sorted(b for b, v in scores.items() if v > 0) or [max(scores, key=scores.get)]
+    assert record["selected_layers"] == expected
+    assert isinstance(record["score_separation"]["separated"], bool)
+
+
+def test_separation_compares_the_boundary_with_its_noise():
+    scores = {0: 0.5, 1: 0.1, 2: 0.05, 3: -0.4}
+    split = separation(scores, {0: 0.01, 1: 0.01, 2: 0.01, 3: 0.01}, [0, 1])
+    assert (split["weakest_kept"], split["strongest_dropped"]) == (1, 2)
+    assert split["gap"] == pytest.approx(0.05) and split["noise"] == pytest.approx(2 * 0.01 * 2**0.5)
+    assert split["separated"]
+    assert not separation(scores, {b: 0.05 for b in scores}, [0, 1])["separated"]
+    assert separation(scores, {}, [0, 1, 2, 3])["separated"]
+
+
+def test_taylor_without_outer_steps_is_a_clear_error():
+    class Empty:
+        gates = None
+
+    with pytest.raises(RuntimeError, match="no outer step"):
+        TaylorScore().result(Empty(), [], None)
