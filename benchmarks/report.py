@@ -17,7 +17,8 @@ from pathlib import Path
 from .stats import expected_jaccard, expected_pairwise_jaccard, jaccard, mean_pairwise_jaccard, paired
 
 ARMS = {"zero_shot": "zero-shot base", "lora_all": "LoRA, all blocks", "flexora": "Flexora",
-        "random": "LoRA, random blocks (same count, mean of draws)", "spectrum": "LoRA, Spectrum SNR blocks (same count)",
+        "random": "LoRA, random blocks (same count, mean of draws)",
+        "spectrum": "LoRA, Spectrum SNR blocks (same count)",
         "lora_all_linear": "LoRA, all blocks, all linear modules", "flexora_linear": "Flexora, all linear modules"}
 PEERS = [("lora_all", "LoRA, all blocks"), ("random", "random blocks"), ("spectrum", "Spectrum blocks")]
 REGIMES = ("learn", "overfit")
@@ -296,7 +297,8 @@ def markdown(results, level: int = 1) -> str:
          ["Accuracy is exact match for the generative `instructions` task. Time vs LoRA all = (search + fine-tune) / "
           "all-block LoRA's fine-tune, seed by seed in the same run.", "", *main_table(results)]),
         (f"{h}# Paired differences", paired_table(results)),
-        (f"{h}# The overfitting regime, proven: all-block LoRA's held-out answer loss per epoch", overfit_table(results)),
+        (f"{h}# The overfitting regime, proven: all-block LoRA's held-out answer loss per epoch",
+         overfit_table(results)),
         (f"{h}# Selection stability", selection_table(results)),
         (f"{h}# Search budget ({results['meta']['settings'].get('budget_task')}, seed 0)", budget_table(results)),
         (f"{h}# Planted-block recovery on the real model", planted_table(results)),

@@ -171,7 +171,7 @@ class Harness:
         """Train one arm and score it on the task's test set; `curve` adds the held-out answer loss per epoch."""
         from datasets import Dataset
         from peft import LoraConfig
-        from transformers import TrainerCallback
+        from transformers import TrainerCallback, set_seed
         from trl import SFTTrainer
 
         from flexora_trl import FlexoraSFTTrainer
@@ -210,6 +210,9 @@ class Harness:
                 phase["memory"] = tracker.stop()
 
         cls = FlexoraSFTTrainer if flexora else SFTTrainer
+        # TRL builds the LoRA before the Trainer seeds anything: seed here, so every arm's LoRA starts from its seed
+        # and not from whatever the process drew before (Flexora re-seeds its search's LoRA itself).
+        set_seed(seed)
         trainer = cls(model=load_base(self.model_dir), args=config, train_dataset=Dataset.from_list(rows),
                       processing_class=self.tokenizer, peft_config=LoraConfig(**lora_kwargs), callbacks=[Measure()])
         start = time.perf_counter()

@@ -33,7 +33,7 @@ TEMPLATES = {
     "reasoning_about_colored_objects": "{input}\nAnswer:",
     "vitaminc_fact_verification": "Is the claim true, false or neither, given the context? {input}\nAnswer:",
 }
-GENERATIVE = {"instructions": Path(__file__).resolve().parent.parent / "flexora_trl" / "data" / "demo_instructions.jsonl"}
+GENERATIVE = {"instructions": Path(__file__).resolve().parents[1] / "flexora_trl" / "data" / "demo_instructions.jsonl"}
 MAX_LENGTH = {"instructions": 96}  # the chat template's system turn alone is ~20 tokens
 
 
