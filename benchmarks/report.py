@@ -207,10 +207,11 @@ def budget_table(results) -> list[str]:
 def planted_table(results) -> list[str]:
     if not results.get("planted"):
         return []
-    lines = ["| LoRA on | planted | selected | precision | top-k by alpha | top-k precision | chance | "
-             "teacher answers != base | search s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| LoRA on | score | planted | selected | precision | top-k by score | top-k precision | chance | "
+             "teacher answers != base | search s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results["planted"], key=lambda r: (r["targets"], r["planted_set"])):
-        lines.append(f"| {r['targets']} | {r['planted_blocks']} | {r['selected_layers']} | {r['precision']:.2f} | "
+        lines.append(f"| {r['targets']} | {r.get('selection_score') or 'gate'} | {r['planted_blocks']} | "
+                     f"{r['selected_layers']} | {r['precision']:.2f} | "
                      f"{r['topk_selected']} | {r['topk_precision']:.2f} | {r['chance_precision']:.2f} | "
                      f"{r['teacher']['fraction_answers_differing_from_base']:.2f} | {r['search_seconds']:.1f} |")
     return lines

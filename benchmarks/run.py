@@ -231,7 +231,10 @@ class Harness:
         if curve:
             result["heldout_loss_per_epoch"] = phase["curve"]
         if record:
-            result.update(alpha=record.get("alpha"), lora_params_all_blocks=record["lora_params_all_blocks"],
+            result.update(alpha=record.get("alpha"), scores=record.get("scores"),
+                          score_stderr=record.get("score_stderr"), selection_score=record.get("selection_score"),
+                          score_separation=record.get("score_separation"),
+                          lora_params_all_blocks=record["lora_params_all_blocks"],
                           search_inner_steps=record.get("search_inner_steps"),
                           search_outer_steps=record.get("search_outer_steps"), flexora_options=flexora_opts)
         if evaluate:
@@ -311,8 +314,8 @@ class Harness:
         result = self.train_and_eval(f"planted/{set_seed}/{targets}", None, 0, "planted", flexora_opts=opts,
                                      train_rows=rows, max_steps=1, evaluate=False, targets=targets)
         selected, planted = set(result["selected_layers"]), set(blocks)
-        alpha = {int(b): a for b, a in result["alpha"].items()}
-        top = set(sorted(alpha, key=lambda b: (-alpha[b], b))[: len(planted)])
+        scores = {int(b): a for b, a in (result["scores"] or result["alpha"]).items()}  # by `selection_score`
+        top = set(sorted(scores, key=lambda b: (-scores[b], b))[: len(planted)])
         result.update(planted_blocks=blocks, planted_set=set_seed, teacher=teacher,
                       teacher_gen_seconds=round(gen_seconds, 1),
                       precision=len(selected & planted) / max(1, len(selected)),
