@@ -35,6 +35,11 @@ class SearchPlan:
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
 
 
+def gate_warmup_steps(fraction: float, steps: int) -> int:
+    """Inner steps before the first outer step: `gate_warmup_fraction` of the search, leaving at least one outer."""
+    return min(int(fraction * steps), steps - 1)
+
+
 def finetune_steps(args, train_size: int) -> int:
     """The optimizer steps the Trainer will take: `max_steps`, or epochs x updates per epoch (world size included)."""
     if args.max_steps and args.max_steps > 0:
@@ -68,7 +73,7 @@ def plan_search(options, args, train_size: int, available: int) -> SearchPlan:
         if steps < MIN_SEARCH_STEPS:
             steps, sized_by = MIN_SEARCH_STEPS, "floor"
     samples = min(options.search_samples or steps * per_step, available)
-    outer = (steps - min(int(options.gate_warmup_fraction * steps), steps - 1)) // options.search_outer_every
+    outer = (steps - gate_warmup_steps(options.gate_warmup_fraction, steps)) // options.search_outer_every
     return SearchPlan(steps, outer, samples, planned, cost, steps * cost / planned, sized_by)
 
 

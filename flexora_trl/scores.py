@@ -11,6 +11,7 @@ Neither score is centred by a softmax, so `positive` keeps the blocks that help,
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -98,7 +99,8 @@ class AblationScore(GateScore):
 
     @torch.no_grad()
     def result(self, search, trajectory, val_loader) -> BlockScores:
-        batches = [batch for batch, _ in zip(_cycle_once(val_loader), range(search.options.score_val_batches))]
+        # The loader's first batches, repeated if it has fewer than asked for.
+        batches = list(itertools.islice(itertools.cycle(val_loader), search.options.score_val_batches))
         was_training = search.model.training
         search.model.eval()
         try:
@@ -111,17 +113,6 @@ class AblationScore(GateScore):
         finally:
             search.model.train(was_training)
         return summarise(search.gates.blocks, list(rises), search.trainer)
-
-
-def _cycle_once(loader):
-    """The loader's batches, repeated if it has fewer than asked for."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            return
 
 
 SCORES = {"gate": GateScore, "taylor": TaylorScore, "ablation": AblationScore}

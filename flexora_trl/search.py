@@ -14,6 +14,7 @@ import torch
 from accelerate.utils import reduce
 from tqdm.auto import tqdm
 
+from .budget import gate_warmup_steps
 from .gates import LayerGates
 from .hypergradient import get_strategy, strategy_context
 from .options import FlexoraArguments
@@ -145,7 +146,7 @@ class GateSearch:
         upcoming = deque()
         lookahead = self.options.unroll_steps if self.options.hypergradient == "unrolled" else 0
         # Inner steps only at first: while LoRA's B is ~0 the gates get no gradient worth following.
-        result.warmup_steps = min(int(self.options.gate_warmup_fraction * num_inner_steps), num_inner_steps - 1)
+        result.warmup_steps = gate_warmup_steps(self.options.gate_warmup_fraction, num_inner_steps)
         for step in range(1, num_inner_steps + 1):
             while len(upcoming) < 1 + lookahead:
                 upcoming.append([next(train_batches) for _ in range(self.accumulation)])
