@@ -1,5 +1,6 @@
-"""The search's size: `search_budget` of the planned fine-tune (max_steps or epochs, accumulation and world size
-included), the floor and its log line, explicit budgets winning, and the early stop once the selection settles."""
+"""The search's size with `search_samples=None`: `search_budget` of the planned fine-tune (max_steps or epochs,
+accumulation and world size included), the floor and its log line, explicit budgets winning, and the early stop once
+the selection settles."""
 
 import logging
 from types import SimpleNamespace
@@ -20,7 +21,8 @@ def training_args(tmp_path, **overrides):
 
 def test_budget_sizes_the_search_from_max_steps(tmp_path):
     args = training_args(tmp_path, max_steps=1000)
-    options = FlexoraArguments(search_val_batches=2)  # an outer step = 16 validation samples = 2 inner steps
+    # an outer step = 16 validation samples = 2 inner steps
+    options = FlexoraArguments(search_samples=None, search_val_batches=2)
     assert inner_step_cost(options, args) == pytest.approx(3.0)
     plan = plan_search(options, args, train_size=50_000, available=49_800)
     assert (plan.inner_steps, plan.samples, plan.sized_by) == (33, 33 * 8, "search_budget")
@@ -32,14 +34,15 @@ def test_budget_counts_epochs_accumulation_and_world_size():
                            gradient_accumulation_steps=2, world_size=2, per_device_eval_batch_size=8)
     # 10,000 examples over 2 ranks of 4: 1,250 batches a rank, 625 optimizer steps an epoch, 1,875 in all.
     assert finetune_steps(args, 10_000) == 1875
-    options = FlexoraArguments(search_val_batches=1, search_budget=0.2)  # outer step: 8 samples per 8 a rank
+    # outer step: 8 samples per 8 a rank
+    options = FlexoraArguments(search_samples=None, search_val_batches=1, search_budget=0.2)
     plan = plan_search(options, args, train_size=10_000, available=9_800)
     assert plan.inner_steps == int(0.2 * 1875 / 2.0) == 187
     assert plan.samples == 187 * 4 * 2 * 2
 
 
 def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, chat_examples):
-    plan = plan_search(FlexoraArguments(), training_args(tmp_path, max_steps=40), 5_000, 4_800)
+    plan = plan_search(FlexoraArguments(search_samples=None), training_args(tmp_path, max_steps=40), 5_000, 4_800)
     assert (plan.inner_steps, plan.sized_by) == (MIN_SEARCH_STEPS, "floor")
     assert plan.estimated_share > 0.10
     trainer = flexora_trainer(tiny_llama_dir, tmp_path / "out", chat_examples[:48], search_samples=None,
