@@ -14,7 +14,8 @@ import json
 import statistics
 from pathlib import Path
 
-from .stats import expected_jaccard, expected_pairwise_jaccard, jaccard, mean_pairwise_jaccard, paired
+from .stats import (expected_jaccard, expected_pairwise_jaccard, heldout_rise, jaccard, mean_pairwise_jaccard,
+                    paired)
 
 ARMS = {"zero_shot": "zero-shot base", "lora_all": "LoRA, all blocks", "flexora": "Flexora",
         "random": "LoRA, random blocks (same count, mean of draws)",
@@ -150,22 +151,27 @@ def _paired_row(task, regime, label, diffs, loss, pooled_row=False):
 
 def overfit_table(results) -> list[str]:
     """All-block LoRA's held-out answer loss after every epoch (mean over seeds): the overfit regime is proven only
-    if it rises after its best epoch."""
+    if the loss rises after its best epoch by more than the noise (paired over the held-out examples)."""
     order, found = ordered_cells(results)
     lines = ["| task | zero-shot | held-out answer loss after each epoch (mean over seeds) | best epoch | "
-             "last - best | rises after best |", "|---|---|---|---|---|---|"]
+             "last - best (± s.e.) | rises beyond noise |", "|---|---|---|---|---|---|"]
     for task, regime in order:
         arms = found[task, regime]
-        curves = [r["heldout_loss_per_epoch"] for r in arms.get("lora_all", {}).values()
-                  if r.get("heldout_loss_per_epoch")]
-        if regime != "overfit" or not curves:
+        runs = [r for r in arms.get("lora_all", {}).values() if r.get("heldout_loss_per_epoch")]
+        if regime != "overfit" or not runs:
             continue
+        curves = [r["heldout_loss_per_epoch"] for r in runs]
         curve = [statistics.fmean(c[i] for c in curves) for i in range(min(map(len, curves)))]
-        best = min(range(len(curve)), key=curve.__getitem__)
         zero = next(iter(arms.get("zero_shot", {}).values()), {}).get("answer_loss")
-        rises = curve[-1] - curve[best]
-        lines.append(f"| {task} | {_fmt(zero)} | {' '.join(f'{v:.3f}' for v in curve)} | {best + 1} | {rises:+.3f} | "
-                     f"{'yes' if best < len(curve) - 1 and rises > 0 else 'no'} |")
+        if all(r.get("heldout_item_losses") for r in runs):
+            rise = heldout_rise([r["heldout_item_losses"] for r in runs])
+            best, change, verdict = rise.best_epoch, f"{rise.rise:+.3f} ± {rise.stderr:.3f}", (
+                "yes" if rise.beyond_noise else "no")
+        else:  # results from before the per-example losses were recorded: no test, only the sign
+            best = min(range(len(curve)), key=curve.__getitem__) + 1
+            change, verdict = f"{curve[-1] - curve[best - 1]:+.3f}", "not tested"
+        lines.append(f"| {task} | {_fmt(zero)} | {' '.join(f'{v:.3f}' for v in curve)} | {best} | {change} | "
+                     f"{verdict} |")
     return lines
 
 

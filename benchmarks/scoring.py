@@ -167,13 +167,19 @@ def score_multiple_choice_reference(model, tokenizer, examples, batch_size: int 
     return _summary(examples, choice_logprobs_reference(model, tokenizer, examples, batch_size))
 
 
-def answer_loss(model, tokenizer, examples, batch_size: int = 32) -> float:
-    """Mean over examples of the correct choice's per-token negative log-likelihood, scoring only that choice: cheap
-    enough to run after every epoch for a held-out loss curve."""
+def answer_losses(model, tokenizer, examples, batch_size: int = 32) -> list[float]:
+    """Each example's correct-choice per-token negative log-likelihood, scoring only that choice: cheap enough to run
+    after every epoch for a held-out loss curve, and per example so that a rise can be told from noise (paired)."""
     pairs = [(e.prompt, e.choices[e.answer]) for e in examples]
     with _inference(model) as device:
         scores = _sequence_logprobs(model, tokenizer, pairs, batch_size, device)
-    return sum(-total / max(1, count) for total, count in scores) / len(examples)
+    return [-total / max(1, count) for total, count in scores]
+
+
+def answer_loss(model, tokenizer, examples, batch_size: int = 32) -> float:
+    """Mean of `answer_losses`."""
+    losses = answer_losses(model, tokenizer, examples, batch_size)
+    return sum(losses) / len(losses)
 
 
 def exact_match(model, tokenizer, prompts, references, max_new_tokens: int = 32, batch_size: int = 32) -> dict:

@@ -90,3 +90,31 @@ def expected_jaccard(size_a: int, size_b: int, total: int) -> float:
 def expected_pairwise_jaccard(sizes: list[int], total: int) -> float | None:
     pairs = list(itertools.combinations(sizes, 2))
     return statistics.fmean(expected_jaccard(a, b, total) for a, b in pairs) if pairs else None
+
+
+@dataclass
+class Rise:
+    best_epoch: int  # 1-based, the lowest mean held-out loss
+    rise: float  # mean loss at the last epoch minus at the best one
+    stderr: float  # of `rise`, paired over test examples
+
+    @property
+    def beyond_noise(self) -> bool:
+        """A rise of more than two standard errors (the best epoch is picked on the same data, so a rise that is pure
+        noise would still come out a little positive: two standard errors, not one)."""
+        return self.rise > 2 * self.stderr
+
+
+def heldout_rise(item_losses_per_seed: list[list[list[float]]]) -> Rise:
+    """Overfitting, told from noise: `item_losses_per_seed[seed][epoch][example]` is each held-out example's loss
+    after each epoch. Each example's losses are averaged over seeds (the examples are shared, so they are the unit),
+    the best epoch is the one with the lowest mean, and the rise is the paired last-minus-best difference."""
+    epochs = min(len(seed) for seed in item_losses_per_seed)
+    examples = len(item_losses_per_seed[0][0])
+    per_example = [[statistics.fmean(seed[e][i] for seed in item_losses_per_seed) for i in range(examples)]
+                   for e in range(epochs)]
+    means = [statistics.fmean(epoch) for epoch in per_example]
+    best = min(range(epochs), key=means.__getitem__)
+    diffs = [last - low for last, low in zip(per_example[-1], per_example[best])]
+    stderr = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("inf")
+    return Rise(best + 1, statistics.fmean(diffs), stderr)

@@ -40,15 +40,6 @@ def gate_warmup_steps(fraction: float, steps: int) -> int:
     return min(int(fraction * steps), steps - 1)
 
 
-def finetune_steps(args, train_size: int) -> int:
-    """The optimizer steps the Trainer will take: `max_steps`, or epochs x updates per epoch (world size included)."""
-    if args.max_steps and args.max_steps > 0:
-        return args.max_steps
-    batches = math.ceil(train_size / (args.per_device_train_batch_size * args.world_size))
-    updates = max(1, batches // args.gradient_accumulation_steps)
-    return max(1, math.ceil(args.num_train_epochs * updates))
-
-
 def inner_step_cost(options, args) -> float:
     """An inner step plus its share of outer steps, in fine-tune steps (samples through forward and backward)."""
     train = args.per_device_train_batch_size * args.gradient_accumulation_steps
@@ -58,11 +49,11 @@ def inner_step_cost(options, args) -> float:
     return 1.0 + outer / train
 
 
-def plan_search(options, args, train_size: int, available: int) -> SearchPlan:
-    """Inner steps and samples of the search. Explicit `search_steps` or `search_samples` win; otherwise the steps
-    that cost `search_budget` of the planned fine-tune, and never fewer than MIN_SEARCH_STEPS."""
+def plan_search(options, args, planned: int, available: int) -> SearchPlan:
+    """Inner steps and samples of the search, before a fine-tune of `planned` optimizer steps. Explicit
+    `search_steps` or `search_samples` win; otherwise the steps that cost `search_budget` of the planned fine-tune,
+    and never fewer than MIN_SEARCH_STEPS."""
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    planned = finetune_steps(args, train_size)
     cost = inner_step_cost(options, args)
     if options.search_steps is not None:
         steps, sized_by = options.search_steps, "search_steps"

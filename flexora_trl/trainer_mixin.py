@@ -116,7 +116,9 @@ class FlexoraTrainerMixin:
         train_size = _length(self.train_dataset, "train_dataset")
         if train_size - held_out < 1:
             raise ValueError("The training set is empty: the search needs training examples.")
-        return plan_search(self.flexora_args, self.args, train_size, train_size - held_out)
+        # The fine-tune's optimizer steps by the Trainer's own count (dataloader length, accumulation rounded up).
+        planned = self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
+        return plan_search(self.flexora_args, self.args, planned, train_size - held_out)
 
     # ---------------------------------------------------------------- the run
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):

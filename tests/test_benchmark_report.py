@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
-from benchmarks.stats import expected_jaccard, expected_pairwise_jaccard, jaccard, paired, sign_test
+from benchmarks.stats import (expected_jaccard, expected_pairwise_jaccard, heldout_rise, jaccard, paired,
+                              sign_test)
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "results.json"
 
@@ -38,6 +39,21 @@ def test_sign_test_is_two_sided_binomial():
     assert sign_test(5, 0) == pytest.approx(2 / 32)
     assert sign_test(3, 3) == 1.0
     assert sign_test(9, 1) == pytest.approx(2 * 11 / 1024)
+
+
+def test_heldout_rise_is_paired_over_examples_and_needs_two_standard_errors():
+    rng = random.Random(0)
+    base = [rng.uniform(0.5, 1.5) for _ in range(64)]
+    # every example's loss falls for three epochs and then climbs back by 0.05, the same shift on every example
+    shape = [0.3, 0.1, 0.0, 0.05]
+    seeds = [[[b + s + rng.gauss(0, 0.01) for b in base] for s in shape] for _ in range(2)]
+    rise = heldout_rise(seeds)
+    assert rise.best_epoch == 3
+    assert rise.rise == pytest.approx(0.05, abs=0.005)
+    assert rise.stderr < 0.005 and rise.beyond_noise  # the spread of `base` cancels in the pairs
+    # the same mean rise drowned in per-example noise is not told from it
+    noisy = [[[b + s + rng.gauss(0, 0.5) for b in base] for s in shape] for _ in range(2)]
+    assert not heldout_rise(noisy).beyond_noise
 
 
 def test_every_run_names_its_task_and_regime():

@@ -1,5 +1,5 @@
-"""The search's size with `search_samples=None`: `search_budget` of the planned fine-tune (max_steps or epochs,
-accumulation and world size included), the floor and its log line, explicit budgets winning, and the early stop once
+"""The search's size with `search_samples=None`: `search_budget` of the planned fine-tune (the Trainer's own step
+count), the floor and its log line, explicit budgets winning, and the early stop once
 the selection settles."""
 
 import logging
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainingArguments
 
-from flexora_trl.budget import MIN_SEARCH_STEPS, finetune_steps, inner_step_cost, plan_search
+from flexora_trl.budget import MIN_SEARCH_STEPS, inner_step_cost, plan_search
 from flexora_trl.options import FlexoraArguments
 from tiny import flexora_trainer
 
@@ -24,25 +24,30 @@ def test_budget_sizes_the_search_from_max_steps(tmp_path):
     # an outer step = 16 validation samples = 2 inner steps
     options = FlexoraArguments(search_samples=None, search_val_batches=2)
     assert inner_step_cost(options, args) == pytest.approx(3.0)
-    plan = plan_search(options, args, train_size=50_000, available=49_800)
+    plan = plan_search(options, args, planned=1000, available=49_800)
     assert (plan.inner_steps, plan.samples, plan.sized_by) == (33, 33 * 8, "search_budget")
     assert plan.estimated_share == pytest.approx(33 * 3 / 1000) and plan.estimated_share <= 0.10
 
 
-def test_budget_counts_epochs_accumulation_and_world_size():
-    args = SimpleNamespace(max_steps=-1, num_train_epochs=3, per_device_train_batch_size=4,
-                           gradient_accumulation_steps=2, world_size=2, per_device_eval_batch_size=8)
-    # 10,000 examples over 2 ranks of 4: 1,250 batches a rank, 625 optimizer steps an epoch, 1,875 in all.
-    assert finetune_steps(args, 10_000) == 1875
-    # outer step: 8 samples per 8 a rank
+def test_budget_uses_the_trainers_own_step_count(tiny_llama_dir, chat_examples, tmp_path):
+    # 10 examples in batches of 4: 3 batches an epoch, accumulated 2 by 2 is 2 optimizer steps (the last one short),
+    # so 3 epochs are 6 steps: the plan must count what the fine-tune then takes
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path / "out", chat_examples[:10], search_samples=None,
+                              search_holdout_samples=4, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                              max_steps=-1, num_train_epochs=3, search_steps=2)
+    trainer.train()
+    assert trainer.flexora_record["search_plan"]["finetune_steps"] == trainer.state.max_steps == 6
+    # the budget sizes the search from that count: 20 % of 1,875 planned steps at 2 fine-tune steps an inner step
     options = FlexoraArguments(search_samples=None, search_val_batches=1, search_budget=0.2)
-    plan = plan_search(options, args, train_size=10_000, available=9_800)
+    args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=2,
+                           per_device_eval_batch_size=8)
+    plan = plan_search(options, args, planned=1875, available=9_800)
     assert plan.inner_steps == int(0.2 * 1875 / 2.0) == 187
     assert plan.samples == 187 * 4 * 2 * 2
 
 
 def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, chat_examples):
-    plan = plan_search(FlexoraArguments(search_samples=None), training_args(tmp_path, max_steps=40), 5_000, 4_800)
+    plan = plan_search(FlexoraArguments(search_samples=None), training_args(tmp_path), 40, 4_800)
     assert (plan.inner_steps, plan.sized_by) == (MIN_SEARCH_STEPS, "floor")
     assert plan.estimated_share > 0.10
     trainer = flexora_trainer(tiny_llama_dir, tmp_path / "out", chat_examples[:48], search_samples=None,
@@ -59,7 +64,7 @@ def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, c
 @pytest.mark.parametrize("explicit, steps", [(dict(search_samples=100), 13), (dict(search_steps=7), 7),
                                              (dict(search_samples=100, search_steps=5), 5)])
 def test_explicit_budgets_win(explicit, steps, tmp_path):
-    plan = plan_search(FlexoraArguments(**explicit), training_args(tmp_path, max_steps=10_000), 50_000, 49_800)
+    plan = plan_search(FlexoraArguments(**explicit), training_args(tmp_path), 10_000, 49_800)
     assert plan.inner_steps == steps and plan.sized_by != "search_budget"
 
 
