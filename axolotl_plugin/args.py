@@ -14,7 +14,6 @@ import typing
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from flexora_trl.adapter import FRESH_INITS
 from flexora_trl.options import FlexoraArguments
 
 # Keys of the Axolotl config that pick or freeze layers themselves: they fight with a selection made by the search.
@@ -135,11 +134,3 @@ def check_axolotl_config(cfg, flexora) -> None:
                 f"`{key}: true` conflicts with `flexora`: fused LoRA kernels skip the `lora_B` call where Flexora "
                 f"gates each block. Set `{key}: false` (the plugin turns these kernels off when they are not set)."
             )
-    if get("peft_use_dora"):
-        raise ValueError("`peft_use_dora: true` conflicts with `flexora`: the block gates are linear on plain LoRA only.")
-    # None is PEFT's default init; the others are the inits `flexora_trl.adapter` can start afresh.
-    if get("peft_init_lora_weights") not in (None, *FRESH_INITS) or (get("peft") and get("peft").loftq_config):
-        raise ValueError(
-            "`flexora` starts a fresh LoRA after the search, so the LoRA init must leave the base weights alone: "
-            f"`peft_init_lora_weights` must be one of {FRESH_INITS} and `peft.loftq_config` unset."
-        )

@@ -179,16 +179,24 @@ def selection_table(results) -> list[str]:
     order, found = ordered_cells(results)
     total = results["meta"]["num_blocks"]
     lines = ["| task | regime | blocks kept per seed | Jaccard across seeds | random sets, same sizes | "
-             "alpha max - min | blocks with abs(alpha) < 0.05 |", "|---|---|---|---|---|---|---|"]
+             f"mean depth kept: Flexora, Spectrum (random: {(total - 1) / 2:.1f}) | alpha max - min | "
+             "blocks with abs(alpha) < 0.05 |", "|---|---|---|---|---|---|---|---|"]
     for task, regime in order:
-        runs = list(found[task, regime].get("flexora", {}).values())
+        arms = found[task, regime]
+        runs = list(arms.get("flexora", {}).values())
         if not runs:
             continue
         selections = [r["selected_layers"] for r in runs]
         alphas = [list(r["alpha"].values()) for r in runs if r.get("alpha")]
+
+        def depth(arm):  # the mean block index kept: where in the stack a selection puts the LoRA
+            return _mean([statistics.fmean(r["selected_layers"]) for r in arms.get(arm, {}).values()
+                          if r.get("selected_layers")])
+
         lines.append(f"| {task} | {regime} | {', '.join(str(len(s)) for s in selections)} | "
                      f"{_fmt(mean_pairwise_jaccard(selections), '.2f')} | "
                      f"{_fmt(expected_pairwise_jaccard([len(s) for s in selections], total), '.2f')} | "
+                     f"{_fmt(depth('flexora'), '.1f')}, {_fmt(depth('spectrum'), '.1f')} | "
                      f"{_fmt(_mean([max(a) - min(a) for a in alphas]), '.3f')} | "
                      f"{_fmt(_mean([sum(abs(x) < 0.05 for x in a) for a in alphas]), '.1f')} |")
     return lines

@@ -1,56 +1,93 @@
-"""Rebuild the LoRA of a PeftModel, in place, on the selected blocks only.
+"""The two LoRAs of a Flexora run, built with PEFT's own adapter API on the one PeftModel the Trainer holds.
 
-The PeftModel object the Trainer holds stays the same; LoRA layers of unselected blocks are replaced by their base
-layers (as `unload()` does, but for some blocks), the others are re-initialised, and the adapter config gets
-`layers_to_transform`, so `save_model()` writes a plain PEFT adapter that loads anywhere.
+The search runs plain LoRA on every candidate block: its gates scale `lora_B`'s output, which is linear only for plain
+LoRA, and its init must leave the base weights alone. The fine-tune gets exactly the user's `LoraConfig` (DoRA,
+rsLoRA, PiSSA/OLoRA inits, a quantized base...) on the selected blocks only, through `layers_to_transform`. Between
+the two, PEFT deletes the search's adapter and adds the user's (`delete_adapter` / `add_adapter`), so `save_model()`
+writes a plain PEFT adapter of the user's kind that loads anywhere.
 """
 
 from __future__ import annotations
 
+import copy
+
+import torch
+from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
+
 from .blocks import BlockMap
 
-FRESH_INITS = (True, False, "gaussian")
+SEARCH_ADAPTER = "flexora_search"
+FRESH_INITS = (True, False, "gaussian")  # inits that leave the base weights alone
+# The fields that give a LoRA its shape and scale; everything else (variants, inits, extra trainables) is the user's
+# fine-tune's alone.
+SHAPE_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "fan_in_fan_out", "use_rslora",
+                "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "task_type")
 
 
 def count_trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def check_reinitialisable(config) -> None:
-    """A fresh LoRA after the search needs an init that leaves the base weights alone (not PiSSA, OLoRA, LoftQ...)."""
-    if config.init_lora_weights not in FRESH_INITS:
-        raise ValueError(
-            f"LoraConfig(init_lora_weights={config.init_lora_weights!r}) changes the base weights at init, so the "
-            f"fine-tune cannot start a fresh LoRA after the search. Use one of {FRESH_INITS}."
-        )
+def changes_base_weights(config) -> bool:
+    """PiSSA, OLoRA, LoftQ, CorDA, EVA...: inits that rewrite the base weights of the layers they adapt."""
+    return config.init_lora_weights not in FRESH_INITS or bool(getattr(config, "loftq_config", None))
 
 
-def restrict_lora_to_blocks(model, block_map: BlockMap, selected: list[int], fresh: bool = True) -> None:
-    """Keep LoRA only on `selected` blocks; re-initialise it there unless `fresh` is False (warm start)."""
-    adapter = model.active_adapter
-    config = model.peft_config[adapter]
-    inner = model.base_model.model  # the transformers model; PEFT's keys are relative to it
-    prefix = "base_model.model."
-    kept_keys = []
-    for block, entries in block_map.modules.items():
-        for name, layer in entries:
-            key = name[len(prefix):] if name.startswith(prefix) else name
-            if block not in selected:
-                parent = inner.get_submodule(key.rpartition(".")[0])
-                setattr(parent, key.rpartition(".")[2], layer.get_base_layer())
-                continue
-            kept_keys.append(key)
-            if fresh:
-                _reinitialise(layer, adapter, config.init_lora_weights)
+def is_plain(config) -> bool:
+    """A LoRA whose search weights could also start the fine-tune (`search_warm_start`): no variant, a fresh init."""
+    return not (getattr(config, "use_dora", False) or changes_base_weights(config))
 
-    tuner = model.base_model
-    if hasattr(tuner, "targeted_module_names"):
-        tuner.targeted_module_names = [k for k in tuner.targeted_module_names if k in set(kept_keys)]
-    if isinstance(config.target_modules, str):
-        # A regex ignores `layers_to_transform` in PEFT: spell out the kept modules instead.
-        config.target_modules = sorted(kept_keys)
+
+def search_config(config: LoraConfig) -> LoraConfig:
+    """Plain LoRA of the user's shape: the same rank, alpha, scaling, dropout and target modules."""
+    return LoraConfig(**{name: copy.deepcopy(getattr(config, name)) for name in SHAPE_FIELDS})
+
+
+def swap_in_search_adapter(model) -> tuple[str, LoraConfig]:
+    """Replace the user's adapter by the search's plain LoRA; returns the user's adapter name and config.
+
+    An init that rewrote the base weights (PiSSA moves the principal components into A and B) is merged back first,
+    so the search sees the original model."""
+    name = model.active_adapter
+    user = copy.deepcopy(model.peft_config[name])
+    if changes_base_weights(user):
+        with torch.no_grad():
+            for layer in model.modules():
+                if isinstance(layer, LoraLayer) and name in layer.lora_A:  # base + scale * B A = the original
+                    base = layer.get_base_layer().weight
+                    base.add_(layer.get_delta_weight(name).to(base.dtype))
+    model.add_adapter(SEARCH_ADAPTER, search_config(user))
+    model.set_adapter(SEARCH_ADAPTER)
+    model.delete_adapter(name)
+    return name, user
+
+
+def lora_on_blocks(model, block_map: BlockMap, selected: list[int], name: str, user: LoraConfig,
+                   warm_start: bool = False) -> None:
+    """The fine-tune's adapter: the user's config on `selected` blocks only, in place of the search's adapter.
+    With `warm_start`, its A and B start from the search's on those blocks (plain LoRA only)."""
+    warm = {}
+    if warm_start:
+        for block in selected:
+            for module_name, layer in block_map.modules[block]:
+                warm[module_name] = (layer.lora_A[SEARCH_ADAPTER].weight.detach().clone(),
+                                     layer.lora_B[SEARCH_ADAPTER].weight.detach().clone())
+    model.delete_adapter(SEARCH_ADAPTER)
+    config = copy.deepcopy(user)
     config.layers_to_transform = sorted(selected)
     config.layers_pattern = block_map.pattern
+    if isinstance(config.target_modules, str):
+        # PEFT applies a regex as is, ignoring `layers_to_transform`: spell out the selected modules instead.
+        prefix = "base_model.model."
+        config.target_modules = sorted(module_name.removeprefix(prefix) for block in selected
+                                       for module_name, _ in block_map.modules[block])
+    model.add_adapter(name, config)
+    model.set_adapter(name)
+    for module_name, (lora_a, lora_b) in warm.items():
+        layer = model.get_submodule(module_name)
+        layer.lora_A[name].weight.data.copy_(lora_a)
+        layer.lora_B[name].weight.data.copy_(lora_b)
 
 
 def reinitialise_lora(model, block_map: BlockMap) -> None:
@@ -59,13 +96,8 @@ def reinitialise_lora(model, block_map: BlockMap) -> None:
     init = model.peft_config[adapter].init_lora_weights
     for entries in block_map.modules.values():
         for _, layer in entries:
-            _reinitialise(layer, adapter, init)
-
-
-def _reinitialise(layer, adapter: str, init_lora_weights) -> None:
-    if init_lora_weights is False:  # PEFT's "no LoRA init": both projections keep nn.Linear's default init
-        layer.lora_A[adapter].reset_parameters()
-        layer.lora_B[adapter].reset_parameters()
-    else:
-        layer.reset_lora_parameters(adapter, init_lora_weights)
-
+            if init is False:  # PEFT's "no LoRA init": both projections keep nn.Linear's default init
+                layer.lora_A[adapter].reset_parameters()
+                layer.lora_B[adapter].reset_parameters()
+            else:
+                layer.reset_lora_parameters(adapter, init)

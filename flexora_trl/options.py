@@ -142,7 +142,7 @@ class FlexoraArguments:
     search_warm_start: bool = field(
         default=False,
         metadata={"help": "Start the fine-tune from the search's LoRA weights of the selected blocks instead of a "
-                  "fresh LoRA (the authors start fresh)."},
+                  "fresh LoRA (the authors start fresh); plain LoRA only (no DoRA, a fresh init)."},
     )
 
     def validate(self) -> None:

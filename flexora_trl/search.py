@@ -63,8 +63,9 @@ class GateSearch:
         self._selections: list[tuple[int, ...]] = []  # after every outer step, for `search_patience`
         self.accumulation = args.gradient_accumulation_steps
 
-    def loss(self, batch, lora_weights=None) -> torch.Tensor:
-        """The trainer's own loss (SFT's label masking, loss type...), under its mixed-precision autocast.
+    def loss(self, batch, lora_weights=None, autocast: bool = True) -> torch.Tensor:
+        """The trainer's own loss (SFT's label masking, loss type...), under its mixed-precision autocast unless
+        `autocast` is False (the model's own precision: differences of 1e-4 between two losses survive it).
 
         `lora_weights` (tensors in the order of `lora_params`) stand in for the LoRA parameters for this one call,
         without touching them: that is how the unrolled hypergradient evaluates theta_K(alpha). That path needs a
@@ -72,7 +73,7 @@ class GateSearch:
         computes from the collator's labels (TRL's `nll`), or the trainer's `compute_loss_func` if one is set.
         """
         batch = dict(batch)  # compute_loss pops `labels` for custom losses, and look-ahead batches are used twice
-        with self.trainer.accelerator.autocast():
+        with self.trainer.accelerator.autocast() if autocast else contextlib.nullcontext():
             if lora_weights is None:
                 return self.trainer.compute_loss(self.model, batch)
             model = _WithWeights(self.model, self.lora_names, lora_weights)

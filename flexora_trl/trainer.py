@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trl import SFTTrainer
 
+from .model_card import PAPER, TAG
 from .options import FlexoraArguments
 from .trainer_mixin import FlexoraTrainerMixin
 
@@ -11,6 +12,10 @@ from .trainer_mixin import FlexoraTrainerMixin
 class FlexoraSFTTrainer(FlexoraTrainerMixin, SFTTrainer):
     """Drop-in for `SFTTrainer`: takes a `FlexoraSFTConfig` and a LoRA `peft_config`, searches which transformer
     blocks deserve LoRA, then trains a fresh LoRA on those blocks only and saves it as a plain PEFT adapter."""
+
+    _tag_names = [*SFTTrainer._tag_names, TAG]
+    _name = "Flexora SFT"
+    _paper = PAPER
 
     def __init__(self, *args, **kwargs):
         dataset = kwargs.get("train_dataset")

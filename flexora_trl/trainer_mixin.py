@@ -19,10 +19,12 @@ from peft import PeftModel, PeftType
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .adapter import check_reinitialisable, count_trainable, reinitialise_lora, restrict_lora_to_blocks
+from .adapter import (FRESH_INITS, changes_base_weights, count_trainable, is_plain, lora_on_blocks, reinitialise_lora,
+                      swap_in_search_adapter)
 from .backward_floor import BackwardFloor
 from .blocks import map_lora_blocks
 from .budget import SearchPlan, announce, plan_search
+from .model_card import TAG, selection_section
 from .gates import LayerGates
 from .options import FlexoraArguments
 from .record import RECORD_NAME, package_versions, plot_record, read_selection, write_record
@@ -49,9 +51,17 @@ class FlexoraTrainerMixin:
         config = model.peft_config[model.active_adapter]
         if config.peft_type != PeftType.LORA:
             raise ValueError(f"Flexora needs a LoRA adapter; the model's adapter is {config.peft_type.value}.")
-        if getattr(config, "use_dora", False):
-            raise ValueError("Flexora's gates are linear on plain LoRA only: set `use_dora=False` in the LoraConfig.")
-        check_reinitialisable(config)
+        if changes_base_weights(config) and _is_quantized(model):
+            raise ValueError(
+                f"LoraConfig(init_lora_weights={config.init_lora_weights!r}) on a quantized base: the search needs the "
+                "original base weights back, which a quantized base cannot give exactly. Use a fresh init "
+                f"({', '.join(map(repr, FRESH_INITS))}) with a quantized base."
+            )
+        if self.flexora_args.search_warm_start and not is_plain(config):
+            raise ValueError(
+                "`search_warm_start` starts the fine-tune from the search's plain LoRA weights, so it needs a plain "
+                "LoraConfig (no `use_dora`, an init in " + ", ".join(map(repr, FRESH_INITS)) + ")."
+            )
         if getattr(self, "optimizer", None) is not None:
             raise ValueError(
                 "Flexora replaces the LoRA after the search, so it builds its own optimizer: do not pass "
@@ -63,6 +73,13 @@ class FlexoraTrainerMixin:
         if self.flexora_selection_given is None:
             self._validation_dataset()  # raises on a missing, empty or too-small validation set
             self._search_plan()  # raises when no training example is left for the search
+        # Every check passed. The user's LoRA (DoRA, rsLoRA, PiSSA...) is what the fine-tune builds on the chosen
+        # blocks, and its size on every block the fine-tune's yardstick; the search runs plain LoRA of its shape.
+        self.flexora_lora_params_all_blocks = count_trainable(model)
+        self.flexora_user_adapter = swap_in_search_adapter(model)
+        self.flexora_blocks = map_lora_blocks(model)
+        # The tag every model card written from this model carries (PEFT's own adapter card included).
+        model.get_base_model().add_model_tags([TAG])
 
     def _given_selection(self) -> list[int] | None:
         options = self.flexora_args
@@ -278,12 +295,11 @@ class FlexoraTrainerMixin:
         }
 
     def _apply_selection(self, record: dict) -> None:
-        before = count_trainable(self.model)
+        before = self.flexora_lora_params_all_blocks
         set_seed(self.args.seed)  # the fine-tune starts from the same RNG state whether or not a search ran
-        restrict_lora_to_blocks(
-            self.model, self.flexora_blocks, record["selected_layers"],
-            fresh=not (self.flexora_args.search_warm_start and record["source"] == "search"),
-        )
+        name, user = self.flexora_user_adapter
+        lora_on_blocks(self.model, self.flexora_blocks, record["selected_layers"], name, user,
+                       warm_start=self.flexora_args.search_warm_start and record["source"] == "search")
         after = count_trainable(self.model)
         record.setdefault("lora_params_all_blocks", before)
         record.setdefault("lora_params_selected", after)
@@ -303,9 +319,25 @@ class FlexoraTrainerMixin:
         write_record(directory, self.flexora_record)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Save the (plain PEFT) adapter as usual, with the selection record beside it (checkpoints included)."""
+        """Save the (plain PEFT) adapter as usual, with the selection record beside it (checkpoints included) and,
+        for the run's own output_dir, the model card naming the selection."""
         super().save_model(output_dir, _internal_call=_internal_call)
         self._write_record(output_dir or self.args.output_dir)
+        same_dir = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
+        if same_dir and not _internal_call and self.flexora_record is not None:
+            self.create_model_card(model_name=os.path.basename(os.path.abspath(self.args.output_dir)))
+
+    def create_model_card(self, *args, **kwargs):
+        """The trainer's own card (TRL's, or Transformers' under Axolotl) with a Flexora section appended."""
+        tags = kwargs.get("tags") or []
+        kwargs["tags"] = [*([tags] if isinstance(tags, str) else tags), TAG]
+        super().create_model_card(*args, **kwargs)
+        if self.flexora_record is None or not self.is_world_process_zero():
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        if os.path.exists(path):
+            with open(path, "a", encoding="utf-8") as card:
+                card.write("\n" + selection_section(self.flexora_record))
 
 
 def _log_scores(name: str, result, selected: list[int], split: dict) -> None:
@@ -320,6 +352,10 @@ def _log_scores(name: str, result, selected: list[int], split: dict) -> None:
             "within the noise (2 standard errors: %.3g): the selection at its boundary is a coin flip. Raise the "
             "search budget (`search_samples`, `search_val_batches`) for a selection that holds.",
             split["weakest_kept"], split["strongest_dropped"], split["gap"], name, split["noise"])
+
+
+def _is_quantized(model) -> bool:
+    return any(getattr(model, flag, False) for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"))
 
 
 def _check_distributed_backend(args) -> None:

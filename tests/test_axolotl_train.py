@@ -49,6 +49,10 @@ def check_flexora_output(out: Path, num_layers: int) -> list[int]:
     weights = load_tensors(out / "adapter_model.safetensors")
     assert {block_of(key) for key in weights} == set(selected)
     assert record["lora_params_selected"] * num_layers == record["lora_params_all_blocks"] * len(selected)
+    # Axolotl's end-of-training model card, with the Flexora section once and the tag
+    card = (out / "README.md").read_text()
+    assert card.count("## Flexora layer selection") == 1 and f"blocks {', '.join(map(str, selected))}." in card
+    assert "- flexora" in card.split("---")[1]  # the card's YAML metadata: tags
     return selected
 
 

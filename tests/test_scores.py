@@ -2,11 +2,16 @@
 differences in float64), the ablation score the loss measured with one block's LoRA off, the gate warm-up takes
 inner steps only, and every score reaches the record with its spread and the separation of kept and dropped blocks."""
 
+import contextlib
+import itertools
+
 import pytest
 import torch
 
+from flexora_trl.gates import LayerGates
 from flexora_trl.hypergradient import first_order
 from flexora_trl.scores import AblationScore, TaylorScore
+from flexora_trl.search import GateSearch
 from flexora_trl.selection import separation
 from tiny import float64_search, flexora_trainer
 
@@ -46,24 +51,56 @@ def test_taylor_score_is_minus_the_mask_gradient(trained_search):
     assert mask.grad is None and not mask.requires_grad  # nothing left behind for the inner steps
 
 
+@contextlib.contextmanager
+def _without_lora(search, block):
+    """The same block without LoRA, by zeroing its B weights: what switching it off must mean."""
+    saved = []
+    for name, param in search.model.named_parameters():
+        if "lora_B" in name and search.trainer.flexora_blocks.block_of(name) == block:
+            saved.append((param, param.detach().clone()))
+            param.data.zero_()
+    try:
+        yield
+    finally:
+        for param, value in saved:
+            param.data.copy_(value)
+
+
 @pytest.mark.parametrize("trained_search", ["ablation"], indirect=True)
 def test_ablation_score_is_the_loss_with_the_block_switched_off(trained_search):
     search, val_loader = trained_search
     result = AblationScore().result(search, [], val_loader)
     batches = list(val_loader)[:2]
     everything = _val_loss(search, batches)
-    for position, block in enumerate(search.gates.blocks):
-        # The same block without LoRA, by zeroing its B weights: what switching it off must mean.
-        saved = []
-        for name, param in search.model.named_parameters():
-            if "lora_B" in name and search.trainer.flexora_blocks.block_of(name) == block:
-                saved.append((param, param.detach().clone()))
-                param.data.zero_()
-        without = _val_loss(search, batches)
-        for param, value in saved:
-            param.data.copy_(value)
+    for block in search.gates.blocks:
+        with _without_lora(search, block):
+            without = _val_loss(search, batches)
         assert result.scores[block] == pytest.approx((without - everything) / len(batches), rel=1e-4)
     assert float(search.gates.mask.min()) == 1.0  # every block switched back on
+
+
+def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_dir, chat_examples, tmp_path):
+    """A block's effect on the loss can be below bf16's resolution: a bf16 run's ablation must still match the
+    float32 loss differences, not bf16-rounded ones."""
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples[:64], bf16=True, learning_rate=1e-2,
+                              selection_score="ablation", score_val_batches=2)
+    search = GateSearch(trainer, LayerGates(trainer.flexora_blocks), trainer.flexora_args)
+    train_loader, val_loader, _ = trainer._search_dataloaders()
+    for batch in itertools.islice(train_loader, 3):  # LoRA's B away from zero
+        search._inner_step([batch])
+    search.model.eval()
+    result = AblationScore().result(search, [], val_loader)
+    batches = list(val_loader)[:2]
+
+    def float32_loss():
+        with torch.no_grad():  # no autocast here: the model's own float32
+            return sum(float(trainer.compute_loss(search.model, dict(batch))) for batch in batches) / len(batches)
+
+    everything = float32_loss()
+    for block in search.gates.blocks:
+        with _without_lora(search, block):
+            assert result.scores[block] == pytest.approx(float32_loss() - everything, rel=1e-3, abs=1e-7)
+    search.gates.remove()
 
 
 @pytest.mark.parametrize("score", ["gate", "taylor", "ablation"])

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
@@ -75,6 +76,13 @@ def test_end_to_end_adapter_is_plain_peft_on_the_selection(tiny_llama_dir, chat_
     gate_logs = [log for log in collector.logs if "flexora/gate_0" in log]
     assert gate_logs and all(f"flexora/gate_{b}" in gate_logs[-1] for b in range(4))
     assert any("loss" in log for log in collector.logs)
+
+    # The model card is TRL's, naming Flexora, its paper, the selected blocks and the record.
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert {"trl", "sft", "flexora"} <= set(card.data.tags)
+    assert "huggingface.co/papers/2408.10774" in card.text and "Flexora SFT" in card.text
+    assert f"blocks {', '.join(map(str, selected))}." in card.text and "flexora_selection.json" in card.text
+    assert card.text.count("## Flexora layer selection") == 1
 
 
 def test_gpt2_style_blocks_end_to_end(tiny_gpt2_dir, chat_examples, tmp_path):
@@ -195,11 +203,6 @@ def test_non_lora_peft_is_an_error(tiny_llama_dir, chat_examples, tmp_path):
         flexora_trainer(tiny_llama_dir, tmp_path, chat_examples,
                         peft_config=IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"],
                                               task_type="CAUSAL_LM"))
-
-
-def test_dora_is_an_error(tiny_llama_dir, chat_examples, tmp_path):
-    with pytest.raises(ValueError, match="use_dora=False"):
-        flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, peft_config=lora_config(use_dora=True))
 
 
 @pytest.mark.parametrize("config, message", [
