@@ -286,16 +286,20 @@ def speed_table(results) -> list[str]:
 def settings_text(results) -> str:
     meta = results["meta"]
     s = meta["settings"]
+    fixed_lr = meta.get("learning_rate")  # one learning rate for every run, or each regime's own (None)
     regimes = "; ".join(
         f"*{name}*: {r['n_train']} training examples, "
         + (f"{r['max_steps']} steps" if "max_steps" in r else f"{r['epochs']} epochs")
+        + ("" if fixed_lr else " at lr " + (", ".join(f"{v} ({t})" for t, v in r["learning_rate"].items())
+                                            if isinstance(r["learning_rate"], dict) else str(r["learning_rate"])))
         + f", Flexora search {', '.join(f'{k}={v}' for k, v in r['search'].items())}"
         for name, r in s["regimes"].items())
+    lr = f"lr {fixed_lr} constant" if fixed_lr else "constant lr (per regime below; 1e-3 in the other parts)"
     wall = meta.get("wall_seconds")
     return (f"Profile `{meta['profile']}`: SmolLM2-135M-Instruct, LoRA r={meta['lora']['r']} "
             f"alpha={meta['lora']['lora_alpha']} on {'/'.join(meta['lora']['target_modules'])} (and on all linear "
-            f"modules where the arm says so); batch {meta['batch_size']}, lr {meta['learning_rate']} constant; "
-            f"{s['n_test']} test examples per task; seeds {s['seeds']}, {s['random_draws']} random draws per seed. "
+            f"modules where the arm says so); batch {meta['batch_size']}, {lr}, "
+            f"{meta.get('precision', 'fp32')} training; {s['n_test']} test examples per task; seeds {s['seeds']}, {s['random_draws']} random draws per seed. "
             f"{regimes}. Flexora options added to every Flexora run: {meta.get('flexora_options') or 'none'} "
             f"(otherwise its defaults, with `search_val_batches=1`). Machine: {meta['machine']['cpu']}, "
             f"{meta['machine']['cores']} cores, {meta['workers']} worker processes x {meta['torch_threads']} torch "
