@@ -24,8 +24,8 @@ from .adapter import (FRESH_INITS, changes_base_weights, count_trainable, is_pla
 from .backward_floor import BackwardFloor
 from .blocks import map_lora_blocks
 from .budget import SearchPlan, announce, plan_search
-from .model_card import TAG, selection_section
 from .gates import LayerGates
+from .model_card import TAG, selection_section
 from .options import FlexoraArguments
 from .record import RECORD_NAME, package_versions, plot_record, read_selection, write_record
 from .search import GateSearch
