@@ -118,10 +118,11 @@ def check_axolotl_config(cfg, flexora) -> None:
             "no `test_datasets`. Set `val_set_size` (e.g. 0.05) or `test_datasets`, or use "
             "`search_validation: holdout` to hold examples out of the training set."
         )
-    if get("sample_packing"):
+    if get("sample_packing") and flexora.hypergradient == "unrolled":
         raise ValueError(
-            "`sample_packing: true` is not supported with `flexora`: the search draws its training and validation "
-            "batches example by example, which packed batches do not allow. Set `sample_packing: false`."
+            "`sample_packing: true` with `flexora.hypergradient: unrolled`: the unrolled search runs eager attention, "
+            "which attends across the examples of a packed row. Use `hypergradient: first_order` (the default) or "
+            "`sample_packing: false`."
         )
     for key, why in LAYER_CHOOSERS.items():
         if get(key):

@@ -105,7 +105,6 @@ def test_wrong_type_names_the_key():
     [
         ({"adapter": None}, "adapter"),
         ({"adapter": "llama-adapter"}, "adapter"),
-        ({"sample_packing": True}, "sample_packing"),
         ({"peft_layers_to_transform": [0, 1]}, "peft_layers_to_transform"),
         ({"unfrozen_parameters": ["^model.layers.0.*"]}, "unfrozen_parameters"),
         ({"lisa_n_layers": 2, "lisa_step_interval": 10}, "lisa_n_layers"),
@@ -121,9 +120,10 @@ def test_conflicting_axolotl_settings_are_named(overrides, key):
     assert "flexora" in str(raised.value)
 
 
-def test_sample_packing_error_says_packing_is_not_supported():
-    with pytest.raises(ValueError, match="not supported with `flexora`.*Set `sample_packing: false`"):
-        validate(config(flexora={}, sample_packing=True))
+def test_sample_packing_refuses_only_the_unrolled_search():
+    validate(config(flexora={}, sample_packing=True))
+    with pytest.raises(ValueError, match="`sample_packing: true` with `flexora.hypergradient: unrolled`"):
+        validate(config(flexora={"hypergradient": "unrolled"}, sample_packing=True))
 
 
 def test_eval_dataset_validation_needs_an_eval_split():

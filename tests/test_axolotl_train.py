@@ -174,3 +174,20 @@ def test_cpu_recipe_on_smollm2_with_a_short_budget(tmp_path):
     cfg = {k: v for k, v in cfg.items() if v is not None}
     axolotl_train(write_config(tmp_path / "cfg.yml", cfg), REPO, "--launcher", "python")
     check_flexora_output(out, num_layers=30)
+
+
+def test_sample_packing_in_the_search_and_the_fine_tune(tiny_llama_dir, tmp_path):
+    """Axolotl's multipack batches (several examples per row, position ids restarting) through the search, its
+    validation steps and the fine-tune. On a CPU the attention is not decontaminated across a row's examples, as
+    Axolotl warns; that is the attention backend's business (flash attention on a GPU), the same with or without
+    Flexora."""
+    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(96))
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "cfg.yml", base_config(
+        tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}], sample_packing=True,
+        micro_batch_size=1))
+    output = axolotl_train(cfg, tmp_path)
+    assert '"sample_packing": true' in output and '"eval_sample_packing": true' in output
+    record = json.loads((out / "flexora_selection.json").read_text())
+    assert record["search_inner_steps"] > 0 and len(record["alpha_trajectory"]) == record["search_outer_steps"] > 0
+    check_flexora_output(out, num_layers=4)
