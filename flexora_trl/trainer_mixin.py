@@ -7,6 +7,7 @@ dataloaders, collator and loss, keeps LoRA on the selected blocks only, and hand
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -133,9 +134,13 @@ class FlexoraTrainerMixin:
         train_size = _length(self.train_dataset, "train_dataset")
         if train_size - held_out < 1:
             raise ValueError("The training set is empty: the search needs training examples.")
-        # The fine-tune's optimizer steps by the Trainer's own count (dataloader length, accumulation rounded up).
-        planned = self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
-        return plan_search(self.flexora_args, self.args, planned, train_size - held_out)
+        return plan_search(self.flexora_args, self.args, self._planned_finetune_steps, train_size - held_out)
+
+    @functools.cached_property
+    def _planned_finetune_steps(self) -> int:
+        """The fine-tune's optimizer steps by the Trainer's own count (dataloader length, accumulation rounded up).
+        Once: building the training dataloader (Axolotl packs it) is not free, and the plan is asked for thrice."""
+        return self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
 
     # ---------------------------------------------------------------- the run
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
@@ -328,9 +333,8 @@ class FlexoraTrainerMixin:
             self.create_model_card(model_name=os.path.basename(os.path.abspath(self.args.output_dir)))
 
     def create_model_card(self, *args, **kwargs):
-        """The trainer's own card (TRL's, or Transformers' under Axolotl) with a Flexora section appended."""
-        tags = kwargs.get("tags") or []
-        kwargs["tags"] = [*([tags] if isinstance(tags, str) else tags), TAG]
+        """The trainer's own card (TRL's, or Transformers' under Axolotl; both carry the model's `flexora` tag) with
+        a Flexora section appended."""
         super().create_model_card(*args, **kwargs)
         if self.flexora_record is None or not self.is_world_process_zero():
             return

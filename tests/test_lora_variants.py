@@ -57,8 +57,8 @@ def test_the_fine_tune_builds_the_users_lora_on_the_selected_blocks(variant, tin
 
 
 def test_the_search_runs_plain_lora_whatever_the_users_variant(tiny_llama_dir, chat_examples, tmp_path):
-    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, peft_config=lora_config(use_dora=True,
-                                                                                            init_lora_weights="gaussian"))
+    peft_config = lora_config(use_dora=True, init_lora_weights="gaussian")
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, peft_config=peft_config)
     (config,) = trainer.model.peft_config.values()
     assert not config.use_dora and config.init_lora_weights is True and config.r == 4 and config.lora_alpha == 8
     assert not any("lora_magnitude_vector" in n for n, _ in trainer.model.named_parameters())
