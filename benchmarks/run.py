@@ -83,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", choices=sorted(PROFILES), default="full")
     p.add_argument("--quick", action="store_true", help="same as --profile quick")
     p.add_argument("--seeds", help="comma-separated training seeds (default: the profile's)")
+    p.add_argument("--planted", help="comma-separated planted sets as set:targets, e.g. 3:qv,4:all_linear (default: "
+                                     "the profile's); sets are drawn from their number, so new numbers are new sets")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
                                    "(default: all of the profile's)")
     p.add_argument("--flexora-options", default="{}",
@@ -111,6 +113,9 @@ def profile_of(args) -> dict:
     profile["regimes"] = {name: {**regime, **overrides.get(name, {})} for name, regime in REGIMES.items()}
     if args.seeds:
         profile["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.planted:
+        profile["planted"] = [(int(number), targets) for number, targets in
+                              (spec.split(":") for spec in args.planted.split(","))]
     return profile
 
 

@@ -64,6 +64,19 @@ def plan_search(options, args, planned: int, available: int) -> SearchPlan:
         if steps < MIN_SEARCH_STEPS:
             steps, sized_by = MIN_SEARCH_STEPS, "floor"
     samples = min(options.search_samples or steps * per_step, available)
+    return _plan(options, steps, samples, planned, cost, sized_by)
+
+
+def one_pass(plan: SearchPlan, options, loader_batches: int, accumulation: int) -> SearchPlan:
+    """`search_samples` means one pass over the search subset: as many inner steps as its loader gives. With
+    Axolotl's sample packing a row holds several examples, so that is fewer than samples / batch size."""
+    if plan.sized_by != "search_samples":
+        return plan
+    steps = max(1, math.ceil(loader_batches / accumulation))
+    return _plan(options, steps, plan.samples, plan.finetune_steps, plan.step_cost, plan.sized_by)
+
+
+def _plan(options, steps, samples, planned, cost, sized_by) -> SearchPlan:
     outer = (steps - gate_warmup_steps(options.gate_warmup_fraction, steps)) // options.search_outer_every
     return SearchPlan(steps, outer, samples, planned, cost, steps * cost / planned, sized_by)
 

@@ -24,7 +24,7 @@ from .adapter import (FRESH_INITS, changes_base_weights, count_trainable, is_pla
                       swap_in_search_adapter)
 from .backward_floor import BackwardFloor
 from .blocks import map_lora_blocks
-from .budget import SearchPlan, announce, plan_search
+from .budget import SearchPlan, announce, one_pass, plan_search
 from .gates import LayerGates
 from .model_card import TAG, selection_section
 from .options import FlexoraArguments
@@ -215,6 +215,7 @@ class FlexoraTrainerMixin:
         try:
             plan = self._search_plan()
             train_loader, val_loader, _ = self._search_dataloaders(plan.samples)
+            plan = one_pass(plan, options, len(train_loader), args.gradient_accumulation_steps)
             self._search_gradient_checkpointing()
             announce(plan, gates.blocks, options.search_budget)
             result = GateSearch(self, gates, options).run(train_loader, val_loader, plan.inner_steps)

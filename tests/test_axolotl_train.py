@@ -185,9 +185,11 @@ def test_sample_packing_in_the_search_and_the_fine_tune(tiny_llama_dir, tmp_path
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "cfg.yml", base_config(
         tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}], sample_packing=True,
-        micro_batch_size=1))
+        micro_batch_size=1, sequence_len=1024))  # rows of ~210 tokens: about four to a packed row
     output = axolotl_train(cfg, tmp_path)
     assert '"sample_packing": true' in output and '"eval_sample_packing": true' in output
     record = json.loads((out / "flexora_selection.json").read_text())
     assert record["search_inner_steps"] > 0 and len(record["alpha_trajectory"]) == record["search_outer_steps"] > 0
+    # One pass over the 32 search examples, one packed row per step: the search's rows hold several examples each.
+    assert record["search_samples"] == 32 and record["search_inner_steps"] < 32 // 2
     check_flexora_output(out, num_layers=4)

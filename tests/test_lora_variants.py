@@ -68,3 +68,17 @@ def test_warm_start_needs_a_plain_lora(tiny_llama_dir, chat_examples, tmp_path):
     with pytest.raises(ValueError, match="search_warm_start.*plain"):
         flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, peft_config=lora_config(use_dora=True),
                         search_warm_start=True)
+
+
+def test_a_base_changing_init_on_a_quantized_base_is_refused(tiny_llama_dir, chat_examples, tmp_path):
+    """OLoRA on a 4-bit base (PEFT refuses PiSSA there itself): the search could not give the original weights
+    back, so the trainer refuses it before any training."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32))
+    with pytest.raises(ValueError, match="init_lora_weights='olora'.*quantized base"):
+        flexora_trainer(tiny_llama_dir, tmp_path / "out", chat_examples, model=model,
+                        peft_config=lora_config(init_lora_weights="olora"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
