@@ -142,6 +142,20 @@ def test_qlora_on_a_4bit_base(tiny_llama_dir, tmp_path):
                                               "down_proj"}
 
 
+def test_dora_from_the_config_is_what_the_fine_tune_trains(tiny_llama_dir, tmp_path):
+    """`peft_use_dora: true`: the search runs plain LoRA gates, the saved adapter is DoRA on the selected blocks."""
+    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(64))
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "cfg.yml", base_config(
+        tiny_llama_dir, str(out), [{"path": data, "type": "alpaca", "ds_type": "json"}], peft_use_dora=True))
+    axolotl_train(cfg, tmp_path, "--launcher", "python")
+    selected = check_flexora_output(out, num_layers=4)
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["use_dora"] is True
+    magnitudes = {block_of(key) for key in load_tensors(out / "adapter_model.safetensors") if "magnitude" in key}
+    assert magnitudes == set(selected)
+
+
 def test_resume_from_a_checkpoint_keeps_the_selection(tiny_llama_dir, tmp_path):
     """`resume_from_checkpoint` restores the interrupted run's blocks from the record; it never searches again."""
     data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(64))
