@@ -36,10 +36,6 @@ class LayerGates:
         self.alpha = torch.zeros(len(self.blocks), dtype=dtype, device=device, requires_grad=True)
         self.mask = torch.ones(len(self.blocks), dtype=dtype, device=device)
         self.live = False
-        # A score that needs every gated LoRA output of the validation forward and its gradient sets this: called
-        # as `recorder(position, output, grad)` in the backward pass, for forwards run within `recording()`.
-        self.recorder = None
-        self._recording = False
         self._handles = []
         for position, block in enumerate(self.blocks):
             for name, layer in block_map.modules[block]:
@@ -59,10 +55,7 @@ class LayerGates:
 
     def _scale_output(self, position, module, inputs, output):
         gates = self.values() if self.live else self.values().detach()
-        scaled = output * (gates[position] * self.mask[position]).to(output.dtype)
-        if self._recording and self.recorder is not None and scaled.requires_grad:
-            scaled.register_hook(partial(self.recorder, position, scaled.detach()))
-        return scaled
+        return output * (gates[position] * self.mask[position]).to(output.dtype)
 
     @contextlib.contextmanager
     def mask_gradient(self):
@@ -84,16 +77,6 @@ class LayerGates:
         finally:
             with torch.no_grad():
                 self.mask[position] = 1.0
-
-    @contextlib.contextmanager
-    def recording(self):
-        """Forwards run within this block are the validation loss's: a score's `recorder` sees their LoRA outputs
-        (not those of the unrolled look-ahead steps)."""
-        self._recording = True
-        try:
-            yield
-        finally:
-            self._recording = False
 
     @contextlib.contextmanager
     def differentiable(self):

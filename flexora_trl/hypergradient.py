@@ -22,10 +22,9 @@ def first_order(search, val_batches, lookahead) -> torch.Tensor:
     total = torch.zeros((), device=search.gates.alpha.device)
     with search.lora_frozen(), search.gates.differentiable():
         for batch in val_batches:
-            with search.gates.recording():  # the backward too: reentrant checkpointing reruns the forward in it
-                loss = search.loss(batch)
-                loss.backward()
-            search.score.collect(search.gates)  # per-batch figures of the `taylor` and `alignment` scores
+            loss = search.loss(batch)
+            loss.backward()
+            search.score.collect(search.gates)  # per-batch d loss / d mask, for the `taylor` score
             total += loss.detach().float()
     return total
 
@@ -47,7 +46,7 @@ def unrolled(search, val_batches, lookahead) -> torch.Tensor:
         search.gates.alpha.grad = grads[0]
         if mask.requires_grad:
             mask.grad = grads[1]
-        search.score.collect(search.gates)
+            search.score.collect(search.gates)
     return val_loss.detach().float()
 
 
@@ -65,8 +64,7 @@ def unrolled_validation_loss(search, val_batches, lookahead, create_graph: bool)
         grads = torch.autograd.grad(loss, weights, create_graph=create_graph)
         weights, moments = _adamw_step(optimizer.param_groups[0], weights, grads, moments,
                                        [count + offset for count in counts])
-    with search.gates.recording():
-        return sum(search.loss(batch, weights) for batch in val_batches)
+    return sum(search.loss(batch, weights) for batch in val_batches)
 
 
 def _adamw_step(group, weights, grads, moments, counts):

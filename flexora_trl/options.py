@@ -13,7 +13,7 @@ from typing import Optional
 VALIDATION_SOURCES = ("holdout", "eval_dataset")
 SELECTION_RULES = ("positive", "top_k", "top_fraction")
 HYPERGRADIENTS = ("first_order", "unrolled")
-SELECTION_SCORES = ("gate", "taylor", "alignment", "ablation")
+SELECTION_SCORES = ("gate", "taylor", "ablation")
 GATE_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -92,10 +92,7 @@ class FlexoraArguments:
                   "the mean); `taylor` = minus the gradient of the validation loss with respect to a multiplier on "
                   "the block's LoRA output, averaged over the outer steps' validation batches: a first-order estimate "
                   "of how much the validation loss rises when the block's LoRA is switched off (`positive` keeps "
-                  "blocks whose removal would raise it); `alignment` = the same product as a cosine (divided by the "
-                  "sizes of the LoRA output and of the gradient), so that neither how far a block's LoRA moved nor "
-                  "how strongly the loss reacts to the block's depth sets its rank (`positive`: the block's LoRA "
-                  "points downhill on the validation loss); `ablation` = that rise measured after the search, with one "
+                  "blocks whose removal would raise it); `ablation` = that rise measured after the search, with one "
                   "block's LoRA switched off at a time on `score_val_batches` validation batches (forward passes "
                   "only; `positive` keeps blocks whose removal raises the validation loss)."},
     )
@@ -158,8 +155,8 @@ class FlexoraArguments:
         _check_int(self, "search_val_batches", minimum=1)
         _check_int(self, "search_patience", minimum=1, optional=True)
         if self.search_patience is not None and self.selection_score == "ablation":
-            raise ValueError("`search_patience` needs a score that exists during the search ('gate', 'taylor' or "
-                             "'alignment'); the 'ablation' score is measured after it.")
+            raise ValueError("`search_patience` needs a score that exists during the search ('gate' or 'taylor'); "
+                             "the 'ablation' score is measured after it.")
         _check_int(self, "search_outer_every", minimum=1)
         _check_positive_float(self, "search_learning_rate", optional=True)
         _check_positive_float(self, "gate_lr")

@@ -88,39 +88,6 @@ class TaylorScore(GateScore):
         return summarise(search.gates.blocks, self.samples, search.trainer)
 
 
-class AlignmentScore(TaylorScore):
-    """The cosine between block l's LoRA output and the descent direction of the validation loss, on every outer
-    step's validation batches: the taylor term divided by the sizes of its two factors. The taylor score and the
-    gate grow with how far a block's LoRA has moved and with how strongly the loss reacts to that block (the lower
-    blocks of a pre-norm transformer, measured: the gates kept the lowest blocks); the cosine asks only whether the
-    block's learned direction lowers the held-out loss. `positive`: a cosine above zero."""
-
-    name = "alignment"
-
-    def __init__(self):
-        super().__init__()
-        self._sums = None  # per block: <output, grad>, |grad|^2, |output|^2 over the current validation batch
-
-    @contextlib.contextmanager
-    def outer_context(self, gates):
-        self._sums = torch.zeros(3, len(gates.blocks), dtype=torch.float64, device=gates.alpha.device)
-        gates.recorder = self._record
-        try:
-            yield
-        finally:
-            gates.recorder = None
-
-    def _record(self, position, output, grad):
-        output, grad = output.double(), grad.double()
-        self._sums[:, position] += torch.stack([(output * grad).sum(), (grad * grad).sum(), (output * output).sum()])
-
-    def collect(self, gates) -> None:
-        dot, grad_norm2, output_norm2 = self._sums
-        size = (grad_norm2 * output_norm2).sqrt()
-        self.samples.append(torch.where(size > 0, -dot / size.clamp_min(1e-300), torch.zeros_like(dot)))
-        self._sums.zero_()
-
-
 class AblationScore(GateScore):
     """After the search: the validation loss with one block's LoRA switched off minus with all on, on the same
     `score_val_batches` batches for every block (forward passes only; 1 + L passes per batch). Outside the mixed-
@@ -150,7 +117,7 @@ class AblationScore(GateScore):
         return summarise(search.gates.blocks, list(rises), search.trainer)
 
 
-SCORES = {"gate": GateScore, "taylor": TaylorScore, "alignment": AlignmentScore, "ablation": AblationScore}
+SCORES = {"gate": GateScore, "taylor": TaylorScore, "ablation": AblationScore}
 
 
 def get_score(name: str):
