@@ -86,7 +86,7 @@ def main(argv=None):
         r["wall_ratio"] = round(r["wall_seconds"] / unpacked["wall_seconds"], 3)
     Path(args.out).write_text(json.dumps({"examples": args.examples, "threads": args.threads, "runs": results},
                                          indent=2))
-    print(f"| arm | micro-batch | search s | fine-tune s | fine-tune / unpacked | wall s | wall / unpacked |")
+    print("| arm | micro-batch | search s | fine-tune s | fine-tune / unpacked | wall s | wall / unpacked |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['arm']} | {r['micro_batch_size']} | {r['search_seconds']:.0f} | {r['finetune_seconds']:.0f} | "

@@ -1,0 +1,136 @@
+"""Is a planted set identifiable at all? The single-block oracle: LoRA on one block alone, trained a few steps on the
+planted teacher's answers, and the held-out loss drop it gives, block by block; and the loss gradient at the base.
+
+    python -m benchmarks.oracle --planted 3:qv            # all 30 blocks, 12 steps each (~6 min on 2 quiet cores)
+    python -m benchmarks.oracle --planted 3:qv --blocks 0,1 --steps 2   # a smoke run
+
+A selection score cannot be expected to find planted blocks that this oracle does not rank first; a planted design
+should pass it before methods are measured on it. Results: benchmarks/results/oracle/<set>_<targets>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from .planted import teacher_rows
+from .run import LORA, NUM_BLOCKS, TARGETS, load_base, planted_blocks
+from .tasks import load_task
+
+OUT = Path(__file__).resolve().parent / "results" / "oracle"
+
+
+def batches(tokenizer, rows, size=8, max_length=64):
+    """Prompt + answer token batches with the loss on the answer only."""
+    out = []
+    for start in range(0, len(rows), size):
+        ids, labels = [], []
+        for row in rows[start : start + size]:
+            prompt = tokenizer(row["prompt"])["input_ids"]
+            answer = tokenizer(row["completion"])["input_ids"] + [tokenizer.eos_token_id]
+            ids.append((prompt + answer)[:max_length])
+            labels.append(([-100] * len(prompt) + answer)[:max_length])
+        width = max(map(len, ids))
+        pad = [width - len(x) for x in ids]
+        out.append(dict(input_ids=torch.tensor([x + [tokenizer.pad_token_id] * p for x, p in zip(ids, pad)]),
+                        attention_mask=torch.tensor([[1] * len(x) + [0] * p for x, p in zip(ids, pad)]),
+                        labels=torch.tensor([y + [-100] * p for y, p in zip(labels, pad)])))
+    return out
+
+
+def gradient_at_base(model_dir, lora, train):
+    """Per block: the squared norm of the loss gradient with respect to the LoRA target weights, at the base."""
+    model = load_base(model_dir)
+    model.requires_grad_(False)
+    weights = {name: module.weight for name, module in model.named_modules()
+               if ".layers." in name and name.rsplit(".", 1)[-1] in lora["target_modules"]}
+    for weight in weights.values():
+        weight.requires_grad_(True)
+    for batch in train:
+        model(**batch).loss.backward()
+    energy = [0.0] * NUM_BLOCKS
+    for name, weight in weights.items():
+        energy[int(name.split(".layers.")[1].split(".")[0])] += float((weight.grad / len(train)).square().sum())
+    return energy
+
+
+def single_block_drops(model_dir, lora, train, val, blocks, steps, lr):
+    """Held-out loss drop after `steps` AdamW steps of LoRA on each block alone (the same seed for every block)."""
+    from peft import LoraConfig, get_peft_model
+
+    def val_loss(model):
+        model.eval()
+        with torch.no_grad():
+            return sum(float(model(**batch).loss) for batch in val) / len(val)
+
+    base = load_base(model_dir)
+    start_loss = val_loss(base)
+    drops = {}
+    for block in blocks:
+        torch.manual_seed(0)
+        model = get_peft_model(base, LoraConfig(**lora, layers_to_transform=[block], layers_pattern="layers"))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        model.train()
+        for step in range(steps):
+            model(**train[step % len(train)]).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        drops[block] = start_loss - val_loss(model)
+        base = model.unload()
+        print(f"block {block}: held-out loss drop {drops[block]:.4f}", flush=True)
+    return start_loss, drops
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.oracle", description=__doc__.split("\n\n")[0])
+    p.add_argument("--planted", default="3:qv", help="planted set and LoRA targets, as set:targets")
+    p.add_argument("--blocks", default=None, help="comma-separated blocks (default: all)")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from transformers import AutoTokenizer
+
+    from flexora_trl.smollm2 import smollm2_path
+
+    number, targets = args.planted.split(":")
+    planted = planted_blocks(int(number))
+    model_dir = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tasks = [load_task(name, 256, 200, tokenizer=tokenizer, max_length=64)
+             for name in ("hyperbaton", "intent_recognition")]
+    prompts = [e.prompt for task in tasks for e in task.train + task.test][:256]  # as the benchmark's planted job
+    lora = dict(LORA, target_modules=TARGETS[targets])
+    start = time.perf_counter()
+    rows, teacher = teacher_rows(load_base(model_dir), tokenizer, prompts, planted, lora,
+                                 b_std=0.4 if targets == "qv" else 0.2, seed=int(number))
+    random.Random(0).shuffle(rows)
+    train, val = batches(tokenizer, rows[:192]), batches(tokenizer, rows[192:])
+    energy = gradient_at_base(model_dir, lora, train)
+    blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else list(range(NUM_BLOCKS))
+    start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr)
+
+    def precision(scores):
+        top = sorted(scores, key=lambda b: (-scores[b], b))[: len(planted)]
+        return sorted(top), len(set(top) & set(planted)) / len(planted)
+
+    result = {"planted_set": int(number), "targets": targets, "planted_blocks": planted, "teacher": teacher,
+              "steps": args.steps, "lr": args.lr, "start_val_loss": start_loss, "drops": drops,
+              "gradient_energy": energy, "seconds": round(time.perf_counter() - start, 1)}
+    result["oracle_top"], result["oracle_precision"] = precision(drops)
+    result["gradient_top"], result["gradient_precision"] = precision(dict(enumerate(energy)))
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{number}_{targets}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"planted {planted}; oracle top {result['oracle_top']} (precision {result['oracle_precision']:.2f}); "
+          f"gradient top {result['gradient_top']} (precision {result['gradient_precision']:.2f}); {path}")
+
+
+if __name__ == "__main__":
+    main()
