@@ -26,21 +26,17 @@ OUT = Path(__file__).resolve().parent / "results" / "oracle"
 
 
 def batches(tokenizer, rows, size=8, max_length=64):
-    """Prompt + answer token batches with the loss on the answer only."""
-    out = []
-    for start in range(0, len(rows), size):
-        ids, labels = [], []
-        for row in rows[start : start + size]:
-            prompt = tokenizer(row["prompt"])["input_ids"]
-            answer = tokenizer(row["completion"])["input_ids"] + [tokenizer.eos_token_id]
-            ids.append((prompt + answer)[:max_length])
-            labels.append(([-100] * len(prompt) + answer)[:max_length])
-        width = max(map(len, ids))
-        pad = [width - len(x) for x in ids]
-        out.append(dict(input_ids=torch.tensor([x + [tokenizer.pad_token_id] * p for x, p in zip(ids, pad)]),
-                        attention_mask=torch.tensor([[1] * len(x) + [0] * p for x, p in zip(ids, pad)]),
-                        labels=torch.tensor([y + [-100] * p for y, p in zip(labels, pad)])))
-    return out
+    """Prompt + answer token batches with the loss on the answer only, padded by TRL's SFT collator."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
+    examples = []
+    for row in rows:
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        answer = tokenizer(row["completion"])["input_ids"] + [tokenizer.eos_token_id]
+        examples.append({"input_ids": (prompt + answer)[:max_length],
+                         "labels": ([-100] * len(prompt) + answer)[:max_length]})
+    return [collate(examples[start : start + size]) for start in range(0, len(examples), size)]
 
 
 def gradient_at_base(model_dir, lora, train):
