@@ -215,6 +215,7 @@ class FlexoraTrainerMixin:
         try:
             plan = self._search_plan()
             train_loader, val_loader, _ = self._search_dataloaders(plan.samples)
+            _require_batches(train_loader, val_loader, args.dataloader_drop_last)
             plan = one_pass(plan, options, len(train_loader), args.gradient_accumulation_steps)
             self._search_gradient_checkpointing()
             announce(plan, gates.blocks, options.search_budget)
@@ -397,3 +398,19 @@ def _subset(dataset, indices):
     if hasattr(dataset, "select"):
         return dataset.select(indices)
     return torch.utils.data.Subset(dataset, indices)
+
+
+def _require_batches(train_loader, val_loader, drop_last: bool) -> None:
+    """A loader with no batch (a subset smaller than one batch with `dataloader_drop_last`, or than one packed row)
+    would make the search cycle over nothing for ever: refuse it before any step, naming what to raise."""
+    for name, loader, option in (("search", train_loader, "search_samples"),
+                                 ("validation", val_loader, "search_holdout_samples")):
+        try:
+            empty = len(loader) == 0
+        except TypeError:  # an iterable dataset has no length: it is the user's stream, trusted to yield
+            continue
+        if empty:
+            raise ValueError(
+                f"Flexora's {name} subset gives no batch (dataloader_drop_last={drop_last}): raise `{option}` to at "
+                "least one batch (or one packed row), or use `dataloader_drop_last=False`; nothing was trained."
+            )

@@ -294,6 +294,15 @@ def test_empty_or_tiny_training_set_is_an_error(tiny_llama_dir, chat_examples, t
         flexora_trainer(tiny_llama_dir, tmp_path, chat_examples[:size])
 
 
+def test_a_search_subset_with_no_batch_is_an_error_not_a_hang(tiny_llama_dir, chat_examples, tmp_path):
+    """With `dataloader_drop_last`, a search subset smaller than one batch gives an empty loader; the search used to
+    cycle over it for ever. (A validation set under one batch is refused earlier, at set-up.)"""
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, dataloader_drop_last=True, search_samples=4)
+    with pytest.raises(ValueError, match="`search_samples`"):
+        trainer.train()
+    assert not os.path.exists(tmp_path / RECORD_NAME)
+
+
 def test_same_seed_same_selection(tiny_llama_dir, chat_examples, tmp_path):
     runs = []
     for name in ("a", "b"):
