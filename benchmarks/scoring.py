@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from transformers import DynamicCache
@@ -118,6 +119,8 @@ def choice_logprobs(model, tokenizer, examples, batch_size: int = 32) -> list[li
             first_lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # next-token log-probs after each prompt
             cache = out.past_key_values
             rows = [(g, j, cont) for g, i in enumerate(group) for j, cont in enumerate(encoded[i][1])]
+            # single-token choices first: their chunks need no second pass (and no copy of the cache)
+            rows.sort(key=lambda row: len(row[2]) > 1)
             for row_start in range(0, len(rows), batch_size):
                 chunk = rows[row_start : row_start + batch_size]
                 src = torch.tensor([g for g, _, _ in chunk], device=device)
@@ -170,10 +173,9 @@ def score_multiple_choice_reference(model, tokenizer, examples, batch_size: int 
 def answer_losses(model, tokenizer, examples, batch_size: int = 32) -> list[float]:
     """Each example's correct-choice per-token negative log-likelihood, scoring only that choice: cheap enough to run
     after every epoch for a held-out loss curve, and per example so that a rise can be told from noise (paired)."""
-    pairs = [(e.prompt, e.choices[e.answer]) for e in examples]
-    with _inference(model) as device:
-        scores = _sequence_logprobs(model, tokenizer, pairs, batch_size, device)
-    return [-total / max(1, count) for total, count in scores]
+    answers_only = [replace(e, choices=[e.choices[e.answer]], answer=0) for e in examples]
+    scores = choice_logprobs(model, tokenizer, answers_only, batch_size)
+    return [-total / max(1, count) for (total, count), in scores]
 
 
 def answer_loss(model, tokenizer, examples, batch_size: int = 32) -> float:
