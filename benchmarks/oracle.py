@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .planted import teacher_rows
+from .planted import sampled_teacher_rows, teacher_rows
 from .run import LORA, NUM_BLOCKS, TARGETS, load_base, planted_blocks
 from .tasks import load_task
 
@@ -89,6 +89,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--design", choices=["greedy", "sampled", "principal"], default="greedy",
+                   help="greedy: the benchmark's teacher (b_std 0.4 q,v / 0.2 all linear, 10 greedy tokens); sampled: "
+                        "a delta sized to --target-kl per token, 48 sampled tokens; principal: the same with the "
+                        "delta on the inputs' principal directions")
+    p.add_argument("--target-kl", type=float, default=0.1, help="per-token KL(teacher || base) of the sampled designs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
@@ -104,10 +109,18 @@ def main(argv=None):
     prompts = [e.prompt for task in tasks for e in task.train + task.test][:256]  # as the benchmark's planted job
     lora = dict(LORA, target_modules=TARGETS[targets])
     start = time.perf_counter()
-    rows, teacher = teacher_rows(load_base(model_dir), tokenizer, prompts, planted, lora,
-                                 b_std=0.4 if targets == "qv" else 0.2, seed=int(number))
+    if args.design != "greedy":
+        rows, teacher = sampled_teacher_rows(load_base(model_dir), tokenizer, prompts, planted, lora,
+                                             target_kl=args.target_kl, seed=int(number),
+                                             principal=args.design == "principal")
+        max_length = 128
+    else:
+        rows, teacher = teacher_rows(load_base(model_dir), tokenizer, prompts, planted, lora,
+                                     b_std=0.4 if targets == "qv" else 0.2, seed=int(number))
+        max_length = 64
     random.Random(0).shuffle(rows)
-    train, val = batches(tokenizer, rows[:192]), batches(tokenizer, rows[192:])
+    train = batches(tokenizer, rows[:192], max_length=max_length)
+    val = batches(tokenizer, rows[192:], max_length=max_length)
     energy = gradient_at_base(model_dir, lora, train)
     blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else list(range(NUM_BLOCKS))
     start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr)
@@ -116,13 +129,14 @@ def main(argv=None):
         top = sorted(scores, key=lambda b: (-scores[b], b))[: len(planted)]
         return sorted(top), len(set(top) & set(planted)) / len(planted)
 
-    result = {"planted_set": int(number), "targets": targets, "planted_blocks": planted, "teacher": teacher,
+    result = {"planted_set": int(number), "targets": targets, "design": args.design, "planted_blocks": planted,
+              "teacher": teacher,
               "steps": args.steps, "lr": args.lr, "start_val_loss": start_loss, "drops": drops,
               "gradient_energy": energy, "seconds": round(time.perf_counter() - start, 1)}
     result["oracle_top"], result["oracle_precision"] = precision(drops)
     result["gradient_top"], result["gradient_precision"] = precision(dict(enumerate(energy)))
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{number}_{targets}.json"
+    path = OUT / f"{number}_{targets}{'' if args.design == 'greedy' else '_' + args.design}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"planted {planted}; oracle top {result['oracle_top']} (precision {result['oracle_precision']:.2f}); "
           f"gradient top {result['gradient_top']} (precision {result['gradient_precision']:.2f}); {path}")

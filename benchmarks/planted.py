@@ -23,14 +23,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, batch_size=32):
 def teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=0.4, max_new_tokens=10, seed=0):
     """Prompt-completion rows whose completions are the teacher's greedy answers (teacher = base + a random LoRA
     delta, `lora_B ~ N(0, b_std)`, on `planted_blocks` only)."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    teacher = get_peft_model(base, LoraConfig(**lora, layers_to_transform=planted_blocks, layers_pattern="layers"))
-    for name, param in teacher.named_parameters():
-        if "lora_B" in name:
-            param.data.normal_(0.0, b_std)
-    teacher.eval()
+    teacher = _planted_teacher(base, planted_blocks, lora, b_std, seed)
     answers = _generate(teacher, tokenizer, prompts, max_new_tokens)
     probe = prompts[:64]
     with teacher.disable_adapter():
@@ -39,3 +32,90 @@ def teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=0.4, max_
     rows = [{"prompt": p, "completion": a if a.strip() else " ..."} for p, a in zip(prompts, answers)]
     return rows, {"b_std": b_std, "max_new_tokens": max_new_tokens, "n_rows": len(rows),
                   "fraction_answers_differing_from_base": round(differs, 3), "example": rows[0]}
+
+
+def _planted_teacher(base, planted_blocks, lora, b_std, seed):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    teacher = get_peft_model(base, LoraConfig(**lora, layers_to_transform=planted_blocks, layers_pattern="layers"))
+    for name, param in teacher.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0.0, b_std)
+    return teacher.eval()
+
+
+@torch.no_grad()
+def _token_kl(teacher, tokenizer, prompts):
+    """Mean per-token KL(teacher || base) of the next-token distributions over the prompts' own positions."""
+    tokenizer.padding_side = "right"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    log_t = torch.log_softmax(teacher(**batch).logits.float(), -1)
+    with teacher.disable_adapter():
+        log_b = torch.log_softmax(teacher(**batch).logits.float(), -1)
+    kl = (log_t.exp() * (log_t - log_b)).sum(-1)
+    mask = batch["attention_mask"].bool()
+    return float(kl[mask].mean())
+
+
+@torch.no_grad()
+def _align_inputs_with_activations(teacher, tokenizer, prompts):
+    """Set every planted `lora_A` to the top principal directions of its module's inputs over the prompts (unit rows):
+    the delta then acts where the activations live, as fine-tuning updates do, instead of on random directions that
+    the inputs barely reach (a change there is small and diffuse, and any block can imitate it)."""
+    modules = {name: m for name, m in teacher.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    covariances, hooks = {}, []
+    for name, module in modules.items():
+        def hook(mod, args, name=name):
+            x = args[0].reshape(-1, args[0].shape[-1]).float()
+            covariances[name] = covariances.get(name, 0) + x.T @ x
+        hooks.append(module.register_forward_pre_hook(hook))
+    tokenizer.padding_side = "right"
+    try:
+        with teacher.disable_adapter():
+            for start in range(0, len(prompts), 32):
+                teacher(**tokenizer(prompts[start : start + 32], return_tensors="pt", padding=True))
+    finally:
+        for handle in hooks:
+            handle.remove()
+    for name, module in modules.items():
+        weight = module.lora_A["default"].weight
+        _, vectors = torch.linalg.eigh(covariances[name])
+        weight.copy_(vectors[:, -weight.shape[0] :].T.flip(0))
+
+
+def sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_kl=0.1, max_new_tokens=48,
+                         seed=0, principal=False):
+    """A planted design meant to be identifiable: the delta is sized by a fixed rule (its per-token KL from the base
+    is `target_kl`, whatever the set), and the teacher *samples* long continuations, so the data carry its whole
+    next-token distribution rather than a short greedy answer whose change any block can learn as a format.
+    `principal` puts the delta on the inputs' principal directions (see `_align_inputs_with_activations`)."""
+    teacher = _planted_teacher(base, planted_blocks, lora, 1.0, seed)
+    if principal:
+        _align_inputs_with_activations(teacher, tokenizer, prompts[:64])
+    probe = prompts[:32]
+    scale = 1.0
+    for _ in range(3):  # KL grows as the square of a small delta's scale
+        kl = _token_kl(teacher, tokenizer, probe)
+        factor = (target_kl / kl) ** 0.5
+        scale *= factor
+        for name, param in teacher.named_parameters():
+            if "lora_B" in name:
+                param.data.mul_(factor)
+    measured = _token_kl(teacher, tokenizer, probe)
+    tokenizer.padding_side = "left"
+    outputs = []
+    torch.manual_seed(seed)
+    try:
+        for start in range(0, len(prompts), 32):
+            batch = tokenizer(prompts[start : start + 32], return_tensors="pt", padding=True)
+            with torch.no_grad():
+                generated = teacher.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
+                                             top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id)
+            outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = "right"
+    rows = [{"prompt": p, "completion": a if a.strip() else " ..."} for p, a in zip(prompts, outputs)]
+    return rows, {"design": "sampled", "principal": principal, "target_kl": target_kl, "measured_kl": round(measured, 4),
+                  "b_std": round(scale, 5), "max_new_tokens": max_new_tokens, "n_rows": len(rows),
+                  "example": rows[0]}

@@ -85,6 +85,11 @@ def parse_args(argv=None):
     p.add_argument("--seeds", help="comma-separated training seeds (default: the profile's)")
     p.add_argument("--planted", help="comma-separated planted sets as set:targets, e.g. 3:qv,4:all_linear (default: "
                                      "the profile's); sets are drawn from their number, so new numbers are new sets")
+    p.add_argument("--planted-design", choices=["greedy", "sampled", "principal"], default="greedy",
+                   help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
+                        "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
+                        "sampled tokens; principal = the same on its inputs' principal directions (see "
+                        "benchmarks/README.md)")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
                                    "(default: all of the profile's)")
     p.add_argument("--flexora-options", default="{}",
@@ -187,7 +192,7 @@ class Harness:
     # -------------------------------------------------------------------------------------------- one training run
     def train_and_eval(self, key, task, seed, arm, layers=None, flexora_opts=None, train_rows=None, max_steps=-1,
                        epochs=1, evaluate=True, curve=False, targets="qv", batch=BATCH, gradient_checkpointing=False,
-                       learning_rate=LEARNING_RATE, **labels):
+                       learning_rate=LEARNING_RATE, max_length=None, **labels):
         """Train one arm and score it on the task's test set; `curve` adds the held-out answer loss per epoch."""
         from datasets import Dataset
         from peft import LoraConfig
@@ -204,7 +209,8 @@ class Harness:
         rows = train_rows if train_rows is not None else to_sft_rows(task.train)
         out_dir = os.path.join(self.tmp, key.replace("/", "_"))
         flexora = flexora_opts is not None
-        max_length = task_max_length(task.name, self.args.max_length) if task else self.args.max_length
+        if max_length is None:
+            max_length = task_max_length(task.name, self.args.max_length) if task else self.args.max_length
         lr = self.args.learning_rate or learning_rate
         config = make_config(flexora, out_dir, seed, max_length, max_steps, epochs, lr, batch,
                              gradient_checkpointing, self.args.precision == "bf16", **(flexora_opts or {}))
@@ -323,7 +329,7 @@ class Harness:
     def planted(self, set_seed, targets):
         """Teacher = SmolLM2 + a random LoRA delta on drawn blocks (the student's LoRA targets); it answers prompts
         greedily and the search runs on (prompt, teacher answer) pairs. Precision of the selection and of the top-k."""
-        from .planted import teacher_rows
+        from .planted import sampled_teacher_rows, teacher_rows
 
         p = self.profile
         blocks = planted_blocks(set_seed)
@@ -331,13 +337,20 @@ class Harness:
         prompts = [e.prompt for task in tasks for e in task.train + task.test][: p["planted_prompts"]]
         start = time.perf_counter()
         lora = dict(LORA, target_modules=TARGETS[targets])
-        b_std = 0.4 if targets == "qv" else 0.2  # seven modules per block: a smaller delta changes as much
-        rows, teacher = teacher_rows(load_base(self.model_dir), self.tokenizer, prompts, blocks, lora, b_std=b_std,
-                                     seed=set_seed)
+        if self.args.planted_design == "greedy":
+            b_std = 0.4 if targets == "qv" else 0.2  # seven modules per block: a smaller delta changes as much
+            rows, teacher = teacher_rows(load_base(self.model_dir), self.tokenizer, prompts, blocks, lora,
+                                         b_std=b_std, seed=set_seed)
+            max_length = None
+        else:
+            rows, teacher = sampled_teacher_rows(load_base(self.model_dir), self.tokenizer, prompts, blocks, lora,
+                                                 seed=set_seed, principal=self.args.planted_design == "principal")
+            max_length = 128  # prompts of up to ~80 tokens and 48 sampled ones
         gen_seconds = time.perf_counter() - start
         opts = self.flexora_opts(search_samples=p["planted_samples"], search_holdout_samples=len(prompts) // 4)
         result = self.train_and_eval(f"planted/{set_seed}/{targets}", None, 0, "planted", flexora_opts=opts,
-                                     train_rows=rows, max_steps=1, evaluate=False, targets=targets)
+                                     train_rows=rows, max_steps=1, evaluate=False, targets=targets,
+                                     max_length=max_length)
         selected, planted = set(result["selected_layers"]), set(blocks)
         scores = {int(b): a for b, a in (result["scores"] or result["alpha"]).items()}  # by `selection_score`
         top = set(sorted(scores, key=lambda b: (-scores[b], b))[: len(planted)])
@@ -477,7 +490,7 @@ def meta(args, profile):
     return {
         "profile": args.profile, "settings": profile, "lora": LORA, "all_linear": ALL_LINEAR,
         "flexora_options": args.flexora_options, "learning_rate": args.learning_rate, "precision": args.precision,
-        "max_length": args.max_length,
+        "max_length": args.max_length, "planted_design": args.planted_design,
         "batch_size": BATCH, "workers": args.workers, "torch_threads": args.threads, "speed_blocks": SPEED_BLOCKS,
         "num_blocks": NUM_BLOCKS,
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
