@@ -46,15 +46,19 @@ def _planted_teacher(base, planted_blocks, lora, b_std, seed):
 
 
 @torch.no_grad()
-def _token_kl(teacher, tokenizer, prompts):
-    """Mean per-token KL(teacher || base) of the next-token distributions over the prompts' own positions."""
+def _answer_kl(teacher, tokenizer, prompts, answers):
+    """Mean per-token KL(teacher || base) of the next-token distributions where answers are written: from each
+    prompt's last position through its answer (a delta can leave the prompts' own positions alone and still change
+    how the model answers, e.g. not at all)."""
     tokenizer.padding_side = "right"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    batch = tokenizer([p + a for p, a in zip(prompts, answers)], return_tensors="pt", padding=True)
     log_t = torch.log_softmax(teacher(**batch).logits.float(), -1)
     with teacher.disable_adapter():
         log_b = torch.log_softmax(teacher(**batch).logits.float(), -1)
     kl = (log_t.exp() * (log_t - log_b)).sum(-1)
     mask = batch["attention_mask"].bool()
+    for row, prompt in enumerate(prompts):
+        mask[row, : len(tokenizer(prompt)["input_ids"]) - 1] = False
     return float(kl[mask].mean())
 
 
@@ -87,22 +91,24 @@ def _align_inputs_with_activations(teacher, tokenizer, prompts):
 def sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_kl=0.1, max_new_tokens=48,
                          seed=0, principal=False):
     """A planted design meant to be identifiable: the delta is sized by a fixed rule (its per-token KL from the base
-    is `target_kl`, whatever the set), and the teacher *samples* long continuations, so the data carry its whole
+    where answers are written is `target_kl`, whatever the set), and the teacher *samples* long continuations, so the data carry its whole
     next-token distribution rather than a short greedy answer whose change any block can learn as a format.
     `principal` puts the delta on the inputs' principal directions (see `_align_inputs_with_activations`)."""
     teacher = _planted_teacher(base, planted_blocks, lora, 1.0, seed)
     if principal:
         _align_inputs_with_activations(teacher, tokenizer, prompts[:64])
     probe = prompts[:32]
+    with teacher.disable_adapter():
+        probe_answers = _generate(teacher, tokenizer, probe, 16)  # the base's own answers: where the KL is measured
     scale = 1.0
-    for _ in range(3):  # KL grows as the square of a small delta's scale
-        kl = _token_kl(teacher, tokenizer, probe)
+    for _ in range(5):  # KL grows about as the square of a small delta's scale
+        kl = _answer_kl(teacher, tokenizer, probe, probe_answers)
         factor = (target_kl / kl) ** 0.5
         scale *= factor
         for name, param in teacher.named_parameters():
             if "lora_B" in name:
                 param.data.mul_(factor)
-    measured = _token_kl(teacher, tokenizer, probe)
+    measured = _answer_kl(teacher, tokenizer, probe, probe_answers)
     tokenizer.padding_side = "left"
     outputs = []
     torch.manual_seed(seed)
