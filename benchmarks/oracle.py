@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .planted import sampled_teacher_rows, teacher_rows
-from .run import LORA, NUM_BLOCKS, TARGETS, load_base, planted_blocks
+from .planted import planted_rows
+from .run import LORA, NUM_BLOCKS, PLANTED_DESIGNS, TARGETS, load_base, planted_blocks
 from .tasks import load_task
 
 OUT = Path(__file__).resolve().parent / "results" / "oracle"
@@ -89,7 +89,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--design", choices=["greedy", "sampled", "principal"], default="greedy",
+    p.add_argument("--design", choices=PLANTED_DESIGNS, default="greedy",
                    help="greedy: the benchmark's teacher (b_std 0.4 q,v / 0.2 all linear, 10 greedy tokens); sampled: "
                         "a delta sized to --target-kl per token, 48 sampled tokens; principal: the same with the "
                         "delta on the inputs' principal directions")
@@ -109,18 +109,11 @@ def main(argv=None):
     prompts = [e.prompt for task in tasks for e in task.train + task.test][:256]  # as the benchmark's planted job
     lora = dict(LORA, target_modules=TARGETS[targets])
     start = time.perf_counter()
-    if args.design != "greedy":
-        rows, teacher = sampled_teacher_rows(load_base(model_dir), tokenizer, prompts, planted, lora,
-                                             target_kl=args.target_kl, seed=int(number),
-                                             principal=args.design == "principal")
-        max_length = 128
-    else:
-        rows, teacher = teacher_rows(load_base(model_dir), tokenizer, prompts, planted, lora,
-                                     b_std=0.4 if targets == "qv" else 0.2, seed=int(number))
-        max_length = 64
+    rows, teacher, max_length = planted_rows(args.design, load_base(model_dir), tokenizer, prompts, planted, lora,
+                                             targets, int(number), target_kl=args.target_kl)
     random.Random(0).shuffle(rows)
-    train = batches(tokenizer, rows[:192], max_length=max_length)
-    val = batches(tokenizer, rows[192:], max_length=max_length)
+    train = batches(tokenizer, rows[:192], max_length=max_length or 64)
+    val = batches(tokenizer, rows[192:], max_length=max_length or 64)
     energy = gradient_at_base(model_dir, lora, train)
     blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else list(range(NUM_BLOCKS))
     start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr)

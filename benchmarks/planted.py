@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import torch
 
+SAMPLED_MAX_LENGTH = 128  # prompts of up to ~80 tokens and 48 sampled ones
+
+
+def planted_rows(design, base, tokenizer, prompts, planted_blocks, lora, targets, seed, target_kl=0.1):
+    """The training rows, the teacher's description and the max_length they need (None: the caller's default) for
+    a design (`greedy`, `sampled` or `principal`; see `benchmarks.run --help`): the benchmark's planted job and the
+    oracle build their teachers here."""
+    if design == "greedy":
+        b_std = 0.4 if targets == "qv" else 0.2  # seven modules per block: a smaller delta changes as much
+        return (*teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=b_std, seed=seed), None)
+    rows, teacher = sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_kl=target_kl,
+                                         seed=seed, principal=design == "principal")
+    return rows, teacher, SAMPLED_MAX_LENGTH
+
 
 @torch.no_grad()
-def _generate(model, tokenizer, prompts, max_new_tokens, batch_size=32):
+def _generate(model, tokenizer, prompts, max_new_tokens, batch_size=32, **sampling):
+    """Greedy continuations of the prompts (or sampled ones, with `sampling` passed on to `generate`)."""
     tokenizer.padding_side = "left"
     outputs = []
     try:
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                       **(sampling or {"do_sample": False}))
             outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = "right"
     return outputs
+
+
+def _rows(prompts, answers):
+    """Prompt-completion rows; an empty answer becomes a placeholder, so that every row has a token to train on."""
+    return [{"prompt": p, "completion": a if a.strip() else " ..."} for p, a in zip(prompts, answers)]
 
 
 def teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=0.4, max_new_tokens=10, seed=0):
@@ -29,7 +49,7 @@ def teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=0.4, max_
     with teacher.disable_adapter():
         base_answers = _generate(teacher, tokenizer, probe, max_new_tokens)
     differs = sum(a != b for a, b in zip(answers[: len(probe)], base_answers)) / len(probe)
-    rows = [{"prompt": p, "completion": a if a.strip() else " ..."} for p, a in zip(prompts, answers)]
+    rows = _rows(prompts, answers)
     return rows, {"b_std": b_std, "max_new_tokens": max_new_tokens, "n_rows": len(rows),
                   "fraction_answers_differing_from_base": round(differs, 3), "example": rows[0]}
 
@@ -91,8 +111,9 @@ def _align_inputs_with_activations(teacher, tokenizer, prompts):
 def sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_kl=0.1, max_new_tokens=48,
                          seed=0, principal=False):
     """A planted design meant to be identifiable: the delta is sized by a fixed rule (its per-token KL from the base
-    where answers are written is `target_kl`, whatever the set), and the teacher *samples* long continuations, so the data carry its whole
-    next-token distribution rather than a short greedy answer whose change any block can learn as a format.
+    where answers are written is `target_kl`, whatever the set), and the teacher *samples* long continuations, so
+    the data carry its whole next-token distribution rather than a short greedy answer whose change any block can
+    learn as a format.
     `principal` puts the delta on the inputs' principal directions (see `_align_inputs_with_activations`)."""
     teacher = _planted_teacher(base, planted_blocks, lora, 1.0, seed)
     if principal:
@@ -109,19 +130,10 @@ def sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_
             if "lora_B" in name:
                 param.data.mul_(factor)
     measured = _answer_kl(teacher, tokenizer, probe, probe_answers)
-    tokenizer.padding_side = "left"
-    outputs = []
     torch.manual_seed(seed)
-    try:
-        for start in range(0, len(prompts), 32):
-            batch = tokenizer(prompts[start : start + 32], return_tensors="pt", padding=True)
-            with torch.no_grad():
-                generated = teacher.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
-                                             top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id)
-            outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = "right"
-    rows = [{"prompt": p, "completion": a if a.strip() else " ..."} for p, a in zip(prompts, outputs)]
-    return rows, {"design": "sampled", "principal": principal, "target_kl": target_kl, "measured_kl": round(measured, 4),
-                  "b_std": round(scale, 5), "max_new_tokens": max_new_tokens, "n_rows": len(rows),
-                  "example": rows[0]}
+    outputs = _generate(teacher, tokenizer, prompts, max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
+                        top_p=1.0)
+    rows = _rows(prompts, outputs)
+    return rows, {"design": "sampled", "principal": principal, "target_kl": target_kl,
+                  "measured_kl": round(measured, 4), "b_std": round(scale, 5), "max_new_tokens": max_new_tokens,
+                  "n_rows": len(rows), "example": rows[0]}

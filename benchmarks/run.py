@@ -37,6 +37,7 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_p
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGETS = {"qv": LORA["target_modules"], "all_linear": ALL_LINEAR}
 SPEED_BLOCKS = list(range(15, 30))  # the upper half: the fine-tune needs no backward below block 15
+PLANTED_DESIGNS = ("greedy", "sampled", "principal")  # benchmarks.planted.planted_rows builds each teacher
 TASKS = ["hyperbaton", "intent_recognition", "reasoning_about_colored_objects", "instructions"]
 
 # learn: all-block LoRA clearly beats zero-shot. overfit: a small training set over many epochs, where all-block LoRA's
@@ -85,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", help="comma-separated training seeds (default: the profile's)")
     p.add_argument("--planted", help="comma-separated planted sets as set:targets, e.g. 3:qv,4:all_linear (default: "
                                      "the profile's); sets are drawn from their number, so new numbers are new sets")
-    p.add_argument("--planted-design", choices=["greedy", "sampled", "principal"], default="greedy",
+    p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="greedy",
                    help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
                         "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
                         "sampled tokens; principal = the same on its inputs' principal directions (see "
@@ -329,7 +330,7 @@ class Harness:
     def planted(self, set_seed, targets):
         """Teacher = SmolLM2 + a random LoRA delta on drawn blocks (the student's LoRA targets); it answers prompts
         greedily and the search runs on (prompt, teacher answer) pairs. Precision of the selection and of the top-k."""
-        from .planted import sampled_teacher_rows, teacher_rows
+        from .planted import planted_rows
 
         p = self.profile
         blocks = planted_blocks(set_seed)
@@ -337,15 +338,8 @@ class Harness:
         prompts = [e.prompt for task in tasks for e in task.train + task.test][: p["planted_prompts"]]
         start = time.perf_counter()
         lora = dict(LORA, target_modules=TARGETS[targets])
-        if self.args.planted_design == "greedy":
-            b_std = 0.4 if targets == "qv" else 0.2  # seven modules per block: a smaller delta changes as much
-            rows, teacher = teacher_rows(load_base(self.model_dir), self.tokenizer, prompts, blocks, lora,
-                                         b_std=b_std, seed=set_seed)
-            max_length = None
-        else:
-            rows, teacher = sampled_teacher_rows(load_base(self.model_dir), self.tokenizer, prompts, blocks, lora,
-                                                 seed=set_seed, principal=self.args.planted_design == "principal")
-            max_length = 128  # prompts of up to ~80 tokens and 48 sampled ones
+        rows, teacher, max_length = planted_rows(self.args.planted_design, load_base(self.model_dir), self.tokenizer,
+                                                 prompts, blocks, lora, targets, set_seed)
         gen_seconds = time.perf_counter() - start
         opts = self.flexora_opts(search_samples=p["planted_samples"], search_holdout_samples=len(prompts) // 4)
         result = self.train_and_eval(f"planted/{set_seed}/{targets}", None, 0, "planted", flexora_opts=opts,
