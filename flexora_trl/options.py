@@ -2,6 +2,10 @@
 
 Every option is a dataclass field with a default and a help text; `FlexoraArguments.validate()` is the only place
 where values are checked, so the TRL config and the YAML block reject bad input with the same message.
+
+Words: a *layer* in an option's name (`selected_layers`, `selection_min_layers`; the paper's "layer selection") is a
+transformer block, and the code says block throughout (`BlockMap`, `BlockGates`); the `*_layers` options take block
+indices, as PEFT's `layers_to_transform` does.
 """
 
 from __future__ import annotations
@@ -195,9 +199,6 @@ class FlexoraArguments:
                 raise ValueError(f"`selected_layers` lists a block twice: {layers!r}.")
         if self.selected_layers is not None and self.selection_file is not None:
             raise ValueError("Give either `selected_layers` or `selection_file`, not both.")
-
-    def skips_search(self) -> bool:
-        return self.selected_layers is not None or self.selection_file is not None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
