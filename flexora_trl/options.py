@@ -16,8 +16,6 @@ from typing import Optional
 
 VALIDATION_SOURCES = ("holdout", "eval_dataset")
 SELECTION_RULES = ("positive", "top_k", "top_fraction")
-HYPERGRADIENTS = ("first_order", "unrolled")
-SELECTION_SCORES = ("gate", "taylor", "ablation")
 GATE_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -168,9 +166,13 @@ class FlexoraArguments:
         fraction = self.gate_warmup_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
             raise ValueError(f"`gate_warmup_fraction` must be a number in [0, 1), got {fraction!r}.")
-        _check_choice(self, "selection_score", SELECTION_SCORES)
+        # The strategies' own names are the choices (imported here, not with this module, which stays torch-free).
+        from .hypergradient import STRATEGIES
+        from .scores import SCORES
+
+        _check_choice(self, "selection_score", tuple(SCORES))
         _check_int(self, "score_val_batches", minimum=1)
-        _check_choice(self, "hypergradient", HYPERGRADIENTS)
+        _check_choice(self, "hypergradient", tuple(STRATEGIES))
         _check_int(self, "unroll_steps", minimum=1)
         _check_choice(self, "selection_rule", SELECTION_RULES)
         _check_int(self, "selection_top_k", minimum=1, optional=True)

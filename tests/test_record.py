@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flexora_trl.hypergradient import STRATEGIES
-from flexora_trl.options import HYPERGRADIENTS, SELECTION_SCORES
 from flexora_trl.record import FORMAT_VERSION, RECORD_NAME, SelectionRecord
-from flexora_trl.scores import SCORES
 
 V1 = Path(__file__).parent / "data" / "flexora_selection_v1.json"
 
@@ -42,8 +39,3 @@ def test_resuming_without_a_record_says_what_to_pass(tmp_path):
     (tmp_path / "checkpoint-3").mkdir()
     with pytest.raises(ValueError, match="selection_file"):
         SelectionRecord.for_resume(str(tmp_path / "checkpoint-3"), str(tmp_path))
-
-
-def test_the_options_choices_are_the_strategies_names():
-    """The options module keeps the choices as plain names (it imports without torch); the strategies carry them."""
-    assert tuple(STRATEGIES) == HYPERGRADIENTS and tuple(SCORES) == SELECTION_SCORES
