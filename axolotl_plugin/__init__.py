@@ -5,8 +5,9 @@
     flexora:
       search_samples: 1000
 
-The plugin adds the `flexora:` block to the config schema and, when the block is there, hands Axolotl a trainer that
-searches which blocks deserve a LoRA before training a fresh LoRA on them. Without the block it returns nothing from
+The plugin adds the `flexora:` block to the config schema and, when the block is there, passes its options to the
+training arguments and hands Axolotl a trainer that reads them there, searches which blocks deserve a LoRA and trains a
+fresh LoRA on them. Without the block it returns nothing from
 any hook, so Axolotl runs exactly as without the plugin.
 """
 
@@ -35,22 +36,36 @@ class FlexoraPlugin(BasePlugin):
 
     def register(self, cfg):
         """Axolotl turns its fused LoRA kernels on when they are unset; they skip the gates, so Flexora keeps them off.
-
         Done on the raw config because the order of Axolotl's and a plugin's schema validators is not fixed.
+
+        Axolotl's validated config drops every null (`model_dump(exclude_none=True)`), so an explicit
+        `search_samples: null` (the search sized by `search_budget`) would come back as the default 1,000: the raw
+        config's explicit nulls are noted here and restored in `get_training_args`.
         """
+        self.explicit_nulls = set()
         if flexora_enabled(cfg):
             for key in LORA_KERNELS:
                 if cfg.get(key) is None:
                     cfg[key] = False
+            if isinstance(cfg["flexora"], dict):
+                self.explicit_nulls = {key for key, value in cfg["flexora"].items() if value is None}
+
+    def get_training_args_mixin(self) -> str:
+        return "axolotl_plugin.args.FlexoraTrainingArgsMixin"
+
+    def get_training_args(self, cfg):
+        """The `flexora:` block's options (validated with the config) as training-args fields for the trainer."""
+        if not flexora_enabled(cfg):
+            return None
+        options = {name: cfg.flexora[name] for name in FlexoraArguments.names() if name in cfg.flexora}
+        return {**options, **dict.fromkeys(getattr(self, "explicit_nulls", ()) & set(FlexoraArguments.names()))}
 
     def get_trainer_cls(self, cfg):
         if not flexora_enabled(cfg):
             return None
         from .trainer import AxolotlFlexoraTrainer
 
-        options = FlexoraArguments(**cfg.flexora)
-        options.validate()
-        return AxolotlFlexoraTrainer.with_options(options)
+        return AxolotlFlexoraTrainer
 
     def post_trainer_create(self, cfg, trainer):
         """Another plugin listed earlier may have supplied its own trainer; Flexora would then silently not run."""

@@ -1,8 +1,9 @@
 """The `flexora:` block of an Axolotl config, and the checks that tie it to the rest of the config.
 
 The block's fields, defaults and help texts are read off `flexora_trl.options.FlexoraArguments`, the dataclass the TRL
-config inherits too, and its values go through the same `FlexoraArguments.validate()`, so a YAML block and a
-`FlexoraSFTConfig` reject bad input with the same message. Everything that needs other Axolotl keys (adapter, eval
+config inherits too (and so are the training-args fields the options reach the trainer through), and its values go
+through the same `FlexoraArguments.validate()`, so a YAML block and a `FlexoraSFTConfig` reject bad input with the same
+message. Everything that needs other Axolotl keys (adapter, eval
 split, packing, layer freezing) is checked here, at config-validation time, before any model is loaded.
 """
 
@@ -40,6 +41,20 @@ def _block_fields() -> dict:
             default = Field(default=spec.default, description=spec.metadata.get("help"))
         fields[spec.name] = (hints[spec.name], default)
     return fields
+
+
+def _training_args_fields() -> list:
+    """One dataclass field per FlexoraArguments field: same name, type, default and help text."""
+    hints = typing.get_type_hints(FlexoraArguments)
+    return [(spec.name, hints[spec.name],
+             dataclasses.field(default=spec.default, default_factory=spec.default_factory, metadata=spec.metadata))
+            for spec in dataclasses.fields(FlexoraArguments)]
+
+
+# The Flexora options as fields of Axolotl's training arguments (`FlexoraPlugin.get_training_args_mixin`): the
+# plugin fills them from the `flexora:` block and the trainer reads them off `self.args`, as Axolotl's KD does.
+FlexoraTrainingArgsMixin = dataclasses.make_dataclass("FlexoraTrainingArgsMixin", _training_args_fields())
+FlexoraTrainingArgsMixin.__module__ = __name__
 
 
 class _FlexoraBlockChecks(BaseModel):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from flexora_trl.record import SelectionRecord
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "smollm2-135m-flexora-cpu.yml"
 DATA = REPO / "flexora_trl" / "data" / "demo_instructions.jsonl"
@@ -51,11 +53,11 @@ def run_arm(name: str, cfg: dict, workdir: Path, args) -> dict:
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{name}: axolotl train failed\n{result.stderr[-4000:]}")
-    record = json.loads((Path(cfg["output_dir"]) / "flexora_selection.json").read_text())
+    record = SelectionRecord.read(cfg["output_dir"])
     return {"arm": name, "sample_packing": cfg["sample_packing"], "micro_batch_size": cfg["micro_batch_size"],
-            "wall_seconds": round(wall, 1), "search_seconds": record["search_seconds"],
-            "finetune_seconds": record["finetune_seconds"], "search_inner_steps": record["search_inner_steps"],
-            "selected_layers": record["selected_layers"]}
+            "wall_seconds": round(wall, 1), "search_seconds": record.search_seconds,
+            "finetune_seconds": record.finetune_seconds, "search_inner_steps": record.search_inner_steps,
+            "selected_layers": record.selected_layers}
 
 
 def main(argv=None):

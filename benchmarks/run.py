@@ -247,7 +247,7 @@ class Harness:
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
-        record = getattr(trainer, "flexora_record", None) if flexora else None
+        record = trainer.flexora_record.to_dict() if flexora else None  # the JSON form results.json keeps
         result = {
             "key": key, "task": task.name if task else None, "seed": seed, "arm": arm, "targets": targets, **labels,
             "learning_rate": lr,

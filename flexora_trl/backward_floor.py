@@ -48,7 +48,7 @@ def _floor_class(block_class: type) -> type:
 
 
 class BackwardFloor:
-    """Installed on the lowest selected block for the fine-tune; `remove()` undoes it."""
+    """Installed on the lowest selected block for the fine-tune; `remove()` (or the end of a `with` block) undoes it."""
 
     def __init__(self, model, block_map: BlockMap, selected: list[int]):
         self.block = None
@@ -62,6 +62,12 @@ class BackwardFloor:
         self.block = model.get_submodule(block_map.stack)[lowest]
         self.original_class = type(self.block)
         self.block.__class__ = _floor_class(self.original_class)
+
+    def __enter__(self) -> BackwardFloor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
     def remove(self) -> None:
         if self.block is not None:

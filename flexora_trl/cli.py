@@ -55,8 +55,8 @@ def main(argv=None) -> None:
     trainer.save_model(training_args.output_dir)
     record = trainer.flexora_record
     trainer.accelerator.print(
-        f"Flexora: LoRA on blocks {record['selected_layers']} of {record['num_layers']} "
-        f"({100 * record['lora_params_fraction']:.1f}% of all-block LoRA parameters); adapter and "
+        f"Flexora: LoRA on blocks {record.selected_layers} of {record.num_layers} "
+        f"({100 * record.lora_params_fraction:.1f}% of all-block LoRA parameters); adapter and "
         f"flexora_selection.json saved in {training_args.output_dir}."
     )
 

@@ -12,12 +12,13 @@ slice of the data before and after, with the first few held-out answers as they 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from flexora_trl.record import SelectionRecord
 
 # Everything the demo needs is local: the hub client must not try the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -133,9 +134,9 @@ def greedy_answers(model, tokenizer, examples) -> list[str]:
     return answers
 
 
-def score_chart(record: dict, width: int = 24) -> list[str]:
+def score_chart(record: SelectionRecord, width: int = 24) -> list[str]:
     """Each block's selection score as a bar (left of the axis when negative); * marks the kept blocks."""
-    scores = {int(block): value for block, value in (record.get("scores") or {}).items()}
+    scores = record.scores or {}
     if not scores:
         return []
     top = max(abs(value) for value in scores.values()) or 1.0
@@ -144,15 +145,16 @@ def score_chart(record: dict, width: int = 24) -> list[str]:
         value = scores[block]
         bar = "#" * round(width * abs(value) / top)
         left, right = (bar.rjust(width), "") if value < 0 else ("", bar)
-        kept = "*" if block in record["selected_layers"] else " "
+        kept = "*" if block in record.selected_layers else " "
         lines.append(f"  {kept} block {block:2d} {left:>{width}}|{right:<{width}} {value:+.4g}")
     return lines
 
 
-def report(record: dict, heldout, before: dict, after: dict, output_dir: str, total_seconds: float) -> None:
-    selected, num_layers = record["selected_layers"], record["num_layers"]
-    all_blocks, kept = record["lora_params_all_blocks"], record["lora_params_selected"]
-    search, finetune = record["search_seconds"], record["finetune_seconds"]
+def report(record: SelectionRecord, heldout, before: dict, after: dict, output_dir: str,
+           total_seconds: float) -> None:
+    selected, num_layers = record.selected_layers, record.num_layers
+    all_blocks, kept = record.lora_params_all_blocks, record.lora_params_selected
+    search, finetune = record.search_seconds, record.finetune_seconds
     references = [example["completion"][0]["content"].strip() for example in heldout]
 
     def exact(answers):
@@ -161,7 +163,7 @@ def report(record: dict, heldout, before: dict, after: dict, output_dir: str, to
     print()
     print("=" * 72)
     print("Flexora demo: SmolLM2-135M-Instruct, LoRA r=8 on q_proj/v_proj")
-    print(f"Selection score per block ({record.get('selection_score', 'gate')}; * = kept):")
+    print(f"Selection score per block ({record.selection_score or 'gate'}; * = kept):")
     print("\n".join(score_chart(record)))
     print(f"Selected blocks ({len(selected)} of {num_layers}): {selected}")
     print(f"LoRA parameters: {kept:,} on the selected blocks vs {all_blocks:,} on all blocks "
@@ -184,8 +186,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     prepare_output_dir(Path(args.output_dir), args.overwrite)
     trainer, heldout, before, after = train(args)
-    with open(Path(args.output_dir) / "flexora_selection.json") as handle:
-        record = json.load(handle)
+    record = SelectionRecord.read(args.output_dir)
     report(record, heldout, before, after, args.output_dir, time.perf_counter() - start)
 
 

@@ -22,8 +22,9 @@ def gate_values(alpha: torch.Tensor) -> torch.Tensor:
     return torch.exp(alpha - (alpha.logsumexp(0) - count.log()))
 
 
-class LayerGates:
-    """One gate logit per candidate block; forward hooks on the LoRA `B` projections apply the gates.
+class BlockGates:
+    """One gate logit per candidate block; forward hooks on the LoRA `B` projections apply the gates until `remove()`
+    (or the end of a `with` block).
 
     Besides the gate, each block's LoRA output is multiplied by `mask[l]` (1 unless a score changes it): a block's
     LoRA is switched off with `mask[l] = 0` (the `ablation` score), and the gradient of the validation loss with
@@ -86,6 +87,12 @@ class LayerGates:
             yield
         finally:
             self.live = False
+
+    def __enter__(self) -> BlockGates:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
     def remove(self) -> None:
         """Take every hook off the model: the fine-tune and the saved adapter are plain LoRA."""

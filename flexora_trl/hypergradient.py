@@ -1,9 +1,10 @@
 """How the outer step gets alpha's gradient from the validation loss.
 
-Every strategy is a callable `(search, val_batches, lookahead) -> summed validation loss` that leaves alpha's
-gradient in `search.gates.alpha.grad` and never touches the LoRA weights, their `.grad` or the inner optimizer's
-state. `lookahead` holds the micro-batches of the inner steps that come next (one list per optimizer step), for the
-strategies that differentiate through them.
+Every strategy is an object named after its `hypergradient` choice. Called as `(search, val_batches, lookahead)`, it
+returns the summed validation loss and leaves alpha's gradient in `search.gates.alpha.grad`, never touching the LoRA
+weights, their `.grad` or the inner optimizer's state; `lookahead` holds the micro-batches of the inner steps that come
+next (one list per optimizer step), for the strategies that differentiate through them. `context(model)` is what the
+model needs for the whole search.
 """
 
 from __future__ import annotations
@@ -13,23 +14,31 @@ import contextlib
 import torch
 
 
-def first_order(search, val_batches, lookahead) -> torch.Tensor:
+class FirstOrder:
     """DARTS first order (the authors' code): d L_val(theta_t, alpha) / d alpha at the current LoRA weights.
 
     The LoRA weights are frozen for the duration, so the backward pass reaches alpha and nothing else.
     Returns the summed validation loss (detached).
     """
-    total = torch.zeros((), device=search.gates.alpha.device)
-    with search.lora_frozen(), search.gates.differentiable():
-        for batch in val_batches:
-            loss = search.loss(batch)
-            loss.backward()
-            search.score.collect(search.gates)  # per-batch d loss / d mask, for the `taylor` score
-            total += loss.detach().float()
-    return total
+
+    name = "first_order"
+
+    def context(self, model):
+        """What the model needs for the whole search: nothing."""
+        return contextlib.nullcontext()
+
+    def __call__(self, search, val_batches, lookahead) -> torch.Tensor:
+        total = torch.zeros((), device=search.gates.alpha.device)
+        with search.lora_frozen(), search.gates.differentiable():
+            for batch in val_batches:
+                loss = search.loss(batch)
+                loss.backward()
+                search.score.collect(search.gates)  # per-batch d loss / d mask, for the `taylor` score
+                total += loss.detach().float()
+        return total
 
 
-def unrolled(search, val_batches, lookahead) -> torch.Tensor:
+class Unrolled:
     """d L_val(theta_K(alpha), alpha) / d alpha through K differentiable inner steps (the paper's unrolling).
 
     theta_K is built from the current LoRA weights by K Adam(W)-style updates that read the real inner optimizer's
@@ -37,17 +46,25 @@ def unrolled(search, val_batches, lookahead) -> torch.Tensor:
     their gradients and the optimizer state are never written. Memory grows with K copies of the LoRA weights and
     K micro-batch graphs (with their second-order terms); the base weights are shared, never copied.
     """
-    # The backward runs inside `differentiable()` too: gradient checkpointing recomputes the forward during it.
-    with search.gates.differentiable():
-        val_loss = unrolled_validation_loss(search, val_batches, lookahead, create_graph=True)
-        mask = search.gates.mask
-        inputs = [search.gates.alpha] + ([mask] if mask.requires_grad else [])
-        grads = torch.autograd.grad(val_loss, inputs)
-        search.gates.alpha.grad = grads[0]
-        if mask.requires_grad:
-            mask.grad = grads[1]
-            search.score.collect(search.gates)
-    return val_loss.detach().float()
+
+    name = "unrolled"
+
+    def context(self, model):
+        """Fused attention kernels have no double backward: the whole search runs on eager attention."""
+        return eager_attention(model)
+
+    def __call__(self, search, val_batches, lookahead) -> torch.Tensor:
+        # The backward runs inside `differentiable()` too: gradient checkpointing recomputes the forward during it.
+        with search.gates.differentiable():
+            val_loss = unrolled_validation_loss(search, val_batches, lookahead, create_graph=True)
+            mask = search.gates.mask
+            inputs = [search.gates.alpha] + ([mask] if mask.requires_grad else [])
+            grads = torch.autograd.grad(val_loss, inputs)
+            search.gates.alpha.grad = grads[0]
+            if mask.requires_grad:
+                mask.grad = grads[1]
+                search.score.collect(search.gates)
+        return val_loss.detach().float()
 
 
 def unrolled_validation_loss(search, val_batches, lookahead, create_graph: bool) -> torch.Tensor:
@@ -98,16 +115,10 @@ def eager_attention(model):
             base.set_attn_implementation(previous)
 
 
-STRATEGIES = {"first_order": first_order, "unrolled": unrolled}
-CONTEXTS = {"unrolled": eager_attention}
-
-
-def strategy_context(name: str, model):
-    """What the model needs for the whole search under this strategy (nothing for first order)."""
-    return CONTEXTS[name](model) if name in CONTEXTS else contextlib.nullcontext()
+STRATEGIES = {strategy.name: strategy for strategy in (FirstOrder, Unrolled)}
 
 
 def get_strategy(name: str):
     if name not in STRATEGIES:
         raise NotImplementedError(f"hypergradient={name!r} is not available; choose one of {sorted(STRATEGIES)}.")
-    return STRATEGIES[name]
+    return STRATEGIES[name]()

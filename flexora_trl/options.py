@@ -2,6 +2,10 @@
 
 Every option is a dataclass field with a default and a help text; `FlexoraArguments.validate()` is the only place
 where values are checked, so the TRL config and the YAML block reject bad input with the same message.
+
+Words: a *layer* in an option's name (`selected_layers`, `selection_min_layers`; the paper's "layer selection") is a
+transformer block, and the code says block throughout (`BlockMap`, `BlockGates`); the `*_layers` options take block
+indices, as PEFT's `layers_to_transform` does.
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ from typing import Optional
 
 VALIDATION_SOURCES = ("holdout", "eval_dataset")
 SELECTION_RULES = ("positive", "top_k", "top_fraction")
-HYPERGRADIENTS = ("first_order", "unrolled")
-SELECTION_SCORES = ("gate", "taylor", "ablation")
 GATE_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -164,9 +166,13 @@ class FlexoraArguments:
         fraction = self.gate_warmup_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
             raise ValueError(f"`gate_warmup_fraction` must be a number in [0, 1), got {fraction!r}.")
-        _check_choice(self, "selection_score", SELECTION_SCORES)
+        # The strategies' own names are the choices (imported here, not with this module, which stays torch-free).
+        from .hypergradient import STRATEGIES
+        from .scores import SCORES
+
+        _check_choice(self, "selection_score", tuple(SCORES))
         _check_int(self, "score_val_batches", minimum=1)
-        _check_choice(self, "hypergradient", HYPERGRADIENTS)
+        _check_choice(self, "hypergradient", tuple(STRATEGIES))
         _check_int(self, "unroll_steps", minimum=1)
         _check_choice(self, "selection_rule", SELECTION_RULES)
         _check_int(self, "selection_top_k", minimum=1, optional=True)
@@ -195,9 +201,6 @@ class FlexoraArguments:
                 raise ValueError(f"`selected_layers` lists a block twice: {layers!r}.")
         if self.selected_layers is not None and self.selection_file is not None:
             raise ValueError("Give either `selected_layers` or `selection_file`, not both.")
-
-    def skips_search(self) -> bool:
-        return self.selected_layers is not None or self.selection_file is not None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

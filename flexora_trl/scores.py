@@ -117,7 +117,7 @@ class AblationScore(GateScore):
         return summarise(search.gates.blocks, list(rises), search.trainer)
 
 
-SCORES = {"gate": GateScore, "taylor": TaylorScore, "ablation": AblationScore}
+SCORES = {score.name: score for score in (GateScore, TaylorScore, AblationScore)}
 
 
 def get_score(name: str):

@@ -15,11 +15,12 @@ from accelerate.utils import reduce
 from tqdm.auto import tqdm
 
 from .budget import gate_warmup_steps
-from .gates import LayerGates
-from .hypergradient import get_strategy, strategy_context
+from .gates import BlockGates
+from .hypergradient import get_strategy
 from .options import FlexoraArguments
 from .scores import get_score
 from .selection import choose_blocks
+from .temporary import swapped
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class SearchResult:
 class GateSearch:
     """Runs the bilevel search on a trainer's model; the trainer supplies loss, dataloaders, logging and devices."""
 
-    def __init__(self, trainer, gates: LayerGates, options: FlexoraArguments):
+    def __init__(self, trainer, gates: BlockGates, options: FlexoraArguments):
         self.trainer = trainer
         self.model = trainer.model
         self.gates = gates
@@ -128,10 +129,7 @@ class GateSearch:
         return val_loss
 
     def run(self, train_loader, val_loader, num_inner_steps: int) -> SearchResult:
-        with strategy_context(self.options.hypergradient, self.model):
-            return self._run(train_loader, val_loader, num_inner_steps)
-
-    def _run(self, train_loader, val_loader, num_inner_steps: int) -> SearchResult:
+        """The search loop; the model is already as the hypergradient needs it (`self.hypergradient.context`)."""
         train_batches = _cycle(train_loader)
         val_batches = _cycle(val_loader)
         result = SearchResult(alpha={}, gates={})
@@ -206,12 +204,8 @@ class GateSearch:
         """Through the trainer's own `log`, so tensorboard/wandb/trackio users see the gates during the search."""
         for block, value in zip(self.gates.blocks, self.gates.values().detach().cpu().tolist()):
             logs[f"flexora/gate_{block}"] = value
-        state = self.trainer.state
-        saved_step, state.global_step = state.global_step, step
-        try:
+        with swapped(self.trainer.state, "global_step", step):
             self.trainer.log(logs)
-        finally:
-            state.global_step = saved_step
 
 
 class _WithWeights(torch.nn.Module):

@@ -57,3 +57,17 @@ def separation(scores: dict[int, float], stderr: dict[int, float], selected: lis
     noise = 2 * math.sqrt(stderr.get(weakest, 0.0) ** 2 + stderr.get(strongest, 0.0) ** 2)
     return {"gap": gap, "noise": noise, "separated": gap > noise, "weakest_kept": weakest,
             "strongest_dropped": strongest}
+
+
+def log_scores(name: str, result, selected: list[int], split: dict) -> None:
+    """Each block's score with its standard error, and a warning when the selection's boundary is inside the noise."""
+    ranked = sorted(result.scores, key=lambda b: -result.scores[b])
+    logger.info("Flexora: %s score per block (+- standard error over validation batches; * = kept): %s", name,
+                ", ".join(f"{b}{'*' if b in selected else ''} {result.scores[b]:.4g}+-{result.score_stderr[b]:.2g}"
+                          for b in ranked))
+    if not split["separated"]:
+        logger.warning(
+            "Flexora: the weakest kept block (%d) and the strongest dropped one (%d) differ by %.3g in %s score, "
+            "within the noise (2 standard errors: %.3g): the selection at its boundary is a coin flip. Raise the "
+            "search budget (`search_samples`, `search_val_batches`) for a selection that holds.",
+            split["weakest_kept"], split["strongest_dropped"], split["gap"], name, split["noise"])

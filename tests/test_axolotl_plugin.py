@@ -33,21 +33,41 @@ def test_block_validates_with_the_dataclass_defaults():
 
 
 def test_block_fields_are_the_dataclass_fields():
-    from axolotl_plugin.args import FlexoraConfig
+    from axolotl_plugin.args import FlexoraConfig, FlexoraTrainingArgsMixin
 
     for spec in dataclasses.fields(FlexoraArguments):
         field = FlexoraConfig.model_fields[spec.name]
         assert field.default == spec.default
         assert field.description == spec.metadata["help"]
     assert list(FlexoraConfig.model_fields) == FlexoraArguments.names()
+    assert vars(FlexoraTrainingArgsMixin()) == FlexoraArguments().to_dict()  # the training-args fields too
 
 
 def test_given_values_reach_the_trainer_options():
+    """The block's values become training-args fields (Axolotl's `get_training_args`), which the trainer reads."""
     from axolotl_plugin import FlexoraPlugin
+    from axolotl_plugin.args import FlexoraTrainingArgsMixin
+    from axolotl_plugin.trainer import AxolotlFlexoraTrainer
 
+    plugin = FlexoraPlugin()
     cfg = validate(config(flexora={"selection_rule": "top_k", "selection_top_k": 3, "gate_lr": "2e-2"}))
-    trainer_cls = FlexoraPlugin().get_trainer_cls(cfg)
-    assert trainer_cls.flexora_options == FlexoraArguments(selection_rule="top_k", selection_top_k=3, gate_lr=0.02)
+    assert plugin.get_trainer_cls(cfg) is AxolotlFlexoraTrainer
+    assert plugin.get_training_args_mixin() == "axolotl_plugin.args.FlexoraTrainingArgsMixin"
+    training_args = FlexoraTrainingArgsMixin(**plugin.get_training_args(cfg))
+    assert FlexoraArguments.from_object(training_args) == FlexoraArguments(
+        selection_rule="top_k", selection_top_k=3, gate_lr=0.02)
+
+
+def test_an_explicit_null_reaches_the_trainer_options():
+    """Axolotl drops nulls from the validated config; `search_samples: null` must still mean "sized by the budget",
+    not the default 1,000 (the plugin instance Axolotl registered is the one that builds the training args)."""
+    from axolotl.integrations.base import PluginManager
+
+    cfg = validate(config(flexora={"search_samples": None, "search_budget": 0.05}))
+    assert "search_samples" not in cfg.flexora  # what Axolotl's validation does to a null
+    plugin = PluginManager.get_instance().plugins["axolotl_plugin.FlexoraPlugin"]
+    options = FlexoraArguments(**plugin.get_training_args(cfg))
+    assert options.search_samples is None and options.search_budget == 0.05
 
 
 def test_without_the_block_the_plugin_changes_nothing():

@@ -14,6 +14,7 @@ pytest.importorskip("axolotl")
 from axolotl_helpers import (  # noqa: E402
     RECIPES, REPO, alpaca_rows, axolotl_cli, base_config, run, write_config, write_jsonl,
 )
+from flexora_trl.record import SelectionRecord  # noqa: E402
 from tiny import make_examples  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -34,21 +35,24 @@ def axolotl_train(cfg: str, cwd: Path, *options: str) -> str:
 
 
 def block_of(name: str) -> int:
-    return int(name.split(".layers.")[1].split(".")[0])
+    """The block of a PEFT model's (or its saved adapter's) parameter, by the map Flexora selects with."""
+    from flexora_trl.blocks import BlockMap
+
+    return BlockMap(stack="base_model.model.model.layers", pattern="layers", num_blocks=0, modules={}).block_of(name)
 
 
 def check_flexora_output(out: Path, num_layers: int) -> list[int]:
     """The selection record and the saved adapter agree, and the adapter is plain PEFT on the chosen blocks only."""
-    record = json.loads((out / "flexora_selection.json").read_text())
+    record = SelectionRecord.read(str(out))
     adapter = json.loads((out / "adapter_config.json").read_text())
-    selected = record["selected_layers"]
-    assert record["num_layers"] == num_layers
+    selected = record.selected_layers
+    assert record.num_layers == num_layers
     assert selected and set(selected) <= set(range(num_layers))
     assert adapter["layers_to_transform"] == selected
     assert adapter["layers_pattern"] == "layers"
     weights = load_tensors(out / "adapter_model.safetensors")
     assert {block_of(key) for key in weights} == set(selected)
-    assert record["lora_params_selected"] * num_layers == record["lora_params_all_blocks"] * len(selected)
+    assert record.lora_params_selected * num_layers == record.lora_params_all_blocks * len(selected)
     # Axolotl's end-of-training model card, with the Flexora section once and the tag
     card = (out / "README.md").read_text()
     assert card.count("## Flexora layer selection") == 1 and f"blocks {', '.join(map(str, selected))}." in card
@@ -101,9 +105,9 @@ def test_unrolled_hypergradient_with_axolotls_reentrant_checkpointing(tiny_llama
 
     axolotl_train(cfg, tmp_path, "--launcher", "python")
     check_flexora_output(out, num_layers=4)
-    record = json.loads((out / "flexora_selection.json").read_text())
-    assert record["options"]["hypergradient"] == "unrolled" and record["search_outer_steps"] > 0
-    assert any(value != 0 for value in record["alpha"].values())
+    record = SelectionRecord.read(str(out))
+    assert record.options["hypergradient"] == "unrolled" and record.search_outer_steps > 0
+    assert any(value != 0 for value in record.alpha.values())
 
 
 def test_chat_template_with_the_python_launcher_and_the_eval_split(tiny_llama_dir, tmp_path):
@@ -119,12 +123,12 @@ def test_chat_template_with_the_python_launcher_and_the_eval_split(tiny_llama_di
     output = axolotl_train(cfg, tmp_path, "--launcher", "python")
     assert "'eval_loss'" in output  # Axolotl's evaluation runs on the fine-tuned, restricted adapter
     selected = check_flexora_output(out, num_layers=4)
-    record = json.loads((out / "flexora_selection.json").read_text())
+    record = SelectionRecord.read(str(out))
     assert len(selected) == 2
-    assert record["source"] == "search"
-    assert {k: record["options"][k] for k in flexora} == flexora
-    top_two = sorted(record["alpha"], key=lambda block: (-record["alpha"][block], int(block)))[:2]
-    assert selected == sorted(int(block) for block in top_two)
+    assert record.source == "search"
+    assert {k: record.options[k] for k in flexora} == flexora
+    top_two = sorted(record.alpha, key=lambda block: (-record.alpha[block], block))[:2]
+    assert selected == sorted(top_two)
 
 
 def test_qlora_on_a_4bit_base(tiny_llama_dir, tmp_path):
@@ -202,8 +206,8 @@ def test_sample_packing_in_the_search_and_the_fine_tune(tiny_llama_dir, tmp_path
         micro_batch_size=1, sequence_len=1024))  # rows of ~210 tokens: about four to a packed row
     output = axolotl_train(cfg, tmp_path)
     assert '"sample_packing": true' in output and '"eval_sample_packing": true' in output
-    record = json.loads((out / "flexora_selection.json").read_text())
-    assert record["search_inner_steps"] > 0 and len(record["alpha_trajectory"]) == record["search_outer_steps"] > 0
+    record = SelectionRecord.read(str(out))
+    assert record.search_inner_steps > 0 and len(record.alpha_trajectory) == record.search_outer_steps > 0
     # One pass over the 32 search examples, one packed row per step: the search's rows hold several examples each.
-    assert record["search_samples"] == 32 and record["search_inner_steps"] < 32 // 2
+    assert record.search_samples == 32 and record.search_inner_steps < 32 // 2
     check_flexora_output(out, num_layers=4)

@@ -36,7 +36,7 @@ def test_budget_uses_the_trainers_own_step_count(tiny_llama_dir, chat_examples, 
                               search_holdout_samples=4, per_device_train_batch_size=4, gradient_accumulation_steps=2,
                               max_steps=-1, num_train_epochs=3, search_steps=2)
     trainer.train()
-    assert trainer.flexora_record["search_plan"]["finetune_steps"] == trainer.state.max_steps == 6
+    assert trainer.flexora_record.search_plan["finetune_steps"] == trainer.state.max_steps == 6
     # the budget sizes the search from that count: 20 % of 1,875 planned steps at 2 fine-tune steps an inner step
     options = FlexoraArguments(search_samples=None, search_val_batches=1, search_budget=0.2)
     args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=2,
@@ -55,10 +55,10 @@ def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, c
     with caplog.at_level(logging.INFO, logger="flexora_trl"):
         trainer.train()
     record = trainer.flexora_record
-    assert record["search_inner_steps"] == MIN_SEARCH_STEPS and record["search_plan"]["sized_by"] == "floor"
-    assert record["search_samples"] == 32  # the 48 examples less the 16 held out, cycled
+    assert record.search_inner_steps == MIN_SEARCH_STEPS and record.search_plan["sized_by"] == "floor"
+    assert record.search_samples == 32  # the 48 examples less the 16 held out, cycled
     assert "fewer than 32 inner steps cannot select" in caplog.text
-    assert "estimated" in caplog.text and record["search_share"] > 0
+    assert "estimated" in caplog.text and record.search_share > 0
 
 
 @pytest.mark.parametrize("explicit, steps", [(dict(search_samples=100), 13), (dict(search_steps=7), 7),
@@ -74,14 +74,14 @@ def test_search_ends_once_the_selection_settles(tiny_llama_dir, chat_examples, t
     settled = flexora_trainer(tiny_llama_dir, tmp_path / "a", chat_examples[:80], search_patience=3, **common)
     settled.train()
     record = settled.flexora_record
-    assert record["search_settled_at"] is not None
-    assert record["search_inner_steps"] == record["search_settled_at"] < 32
+    assert record.search_settled_at is not None
+    assert record.search_inner_steps == record.search_settled_at < 32
     # the last 4 alphas (3 outer steps of patience) keep the same blocks above zero
-    tail = [tuple(i for i, a in enumerate(row) if a > 0) for row in record["alpha_trajectory"][-4:]]
+    tail = [tuple(i for i, a in enumerate(row) if a > 0) for row in record.alpha_trajectory[-4:]]
     assert len(set(tail)) == 1
     full = flexora_trainer(tiny_llama_dir, tmp_path / "b", chat_examples[:80], **common)
     full.train()
-    assert full.flexora_record["search_inner_steps"] == 32 and full.flexora_record["search_settled_at"] is None
+    assert full.flexora_record.search_inner_steps == 32 and full.flexora_record.search_settled_at is None
 
 
 def test_patience_needs_a_score_that_exists_during_the_search():

@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from flexora_trl.record import SelectionRecord
 from tiny import make_examples
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -31,10 +32,10 @@ def test_flexora_sft_command_with_a_yaml_config(tiny_llama_dir, tmp_path):
     done = subprocess.run(args + ["--config", str(config), "--selection_rule", "top_k", "--selection_top_k", "2"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads((tmp_path / "out" / "flexora_selection.json").read_text())
+    record = SelectionRecord.read(str(tmp_path / "out"))
     adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
-    assert len(record["selected_layers"]) == 2  # the command-line override won over the YAML's `positive`
-    assert adapter["layers_to_transform"] == record["selected_layers"] and adapter["r"] == 4
+    assert len(record.selected_layers) == 2  # the command-line override won over the YAML's `positive`
+    assert adapter["layers_to_transform"] == record.selected_layers and adapter["r"] == 4
     assert "Flexora: LoRA on blocks" in done.stdout
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flexora_trl.record import RECORD_NAME
+from flexora_trl.record import RECORD_NAME, SelectionRecord
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_train.py")
 
@@ -26,8 +26,7 @@ def test_two_ranks_agree_on_alpha_and_selection(tiny_llama_dir, tmp_path, hyperg
     assert ranks[0]["alpha"] == ranks[1]["alpha"]
     assert ranks[0]["selected"] == ranks[1]["selected"] == ranks[0]["lora_blocks"] == ranks[1]["lora_blocks"]
     assert any(value != 0 for value in ranks[0]["alpha"].values())
-    record = json.loads((tmp_path / RECORD_NAME).read_text())
-    assert record["selected_layers"] == ranks[0]["selected"]
+    assert SelectionRecord.read(str(tmp_path)).selected_layers == ranks[0]["selected"]
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["layers_to_transform"] == ranks[0]["selected"]
     assert (tmp_path / "checkpoint-4" / RECORD_NAME).exists()

@@ -56,8 +56,8 @@ def test_the_papers_configuration_gives_the_authors_search(tiny_llama_dir, chat_
                               gradient_accumulation_steps=paper["gradient_accumulation_steps"], **scaled)
     trainer.train()
     record = trainer.flexora_record
-    assert {key: record["options"][key] for key in scaled} == scaled
-    assert record["search_inner_steps"] == record["search_outer_steps"] == 24 // 8
-    alpha = {int(index): value for index, value in record["alpha"].items()}
+    assert {key: record.options[key] for key in scaled} == scaled
+    assert record.search_inner_steps == record.search_outer_steps == 24 // 8
+    alpha = record.alpha
     positive = sorted(index for index, value in alpha.items() if value > 0)
-    assert record["selected_layers"] == (positive or [max(alpha, key=alpha.get)])
+    assert record.selected_layers == (positive or [max(alpha, key=alpha.get)])

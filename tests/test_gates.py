@@ -6,8 +6,9 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
 from flexora_trl.blocks import map_lora_blocks
-from flexora_trl.gates import LayerGates, gate_values
+from flexora_trl.gates import BlockGates, gate_values
 from flexora_trl.search import GateSearch
+from flexora_trl.search_data import search_dataloaders
 from tiny import lora_config
 
 INPUT = torch.tensor([[5, 17, 42, 99, 7, 123, 64, 3]])
@@ -35,7 +36,7 @@ def test_gates_at_init_give_plain_lora_outputs_exactly(tiny_llama_dir):
     model = lora_model(tiny_llama_dir)
     with torch.no_grad():
         plain = model(INPUT).logits
-        gates = LayerGates(map_lora_blocks(model))
+        gates = BlockGates(map_lora_blocks(model))
         gated = model(INPUT).logits
         with gates.differentiable():
             gated_live = model(INPUT).logits
@@ -47,7 +48,7 @@ def test_gate_scales_the_lora_branch_linearly(tiny_llama_dir):
     """Gate g on a block == LoRA scaling multiplied by g on that block's modules (the paper's equation)."""
     model = lora_model(tiny_llama_dir)
     block_map = map_lora_blocks(model)
-    gates = LayerGates(block_map)
+    gates = BlockGates(block_map)
     with torch.no_grad():
         gates.alpha.copy_(torch.tensor([0.7, -0.2, 0.1, -0.6]))
         gated = model(INPUT).logits
@@ -79,9 +80,9 @@ def test_outer_step_reaches_alpha_only_and_inner_step_lora_only(tiny_llama_dir, 
     from tiny import flexora_trainer
 
     trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples)
-    gates = LayerGates(trainer.flexora_blocks)
+    gates = BlockGates(trainer.flexora_blocks)
     search = GateSearch(trainer, gates, trainer.flexora_args)
-    train_loader, val_loader, _ = trainer._search_dataloaders()
+    train_loader, val_loader, _ = search_dataloaders(trainer)
     batches = [next(iter(train_loader))]
     val = [next(iter(val_loader))]
 

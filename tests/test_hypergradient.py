@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from flexora_trl.hypergradient import eager_attention, first_order, unrolled, unrolled_validation_loss
+from flexora_trl.hypergradient import FirstOrder, Unrolled, eager_attention, unrolled_validation_loss
 from tiny import float64_search, flexora_trainer, lora_config
 
 ALPHA = [0.1, -0.2, 0.05, 0.12]
@@ -51,7 +51,7 @@ def test_unrolled_matches_finite_differences(search_setup, unroll_steps):
     weights = [p.detach().clone() for p in search.lora_params]
     moments = {id(p): {k: v.clone() for k, v in s.items()} for p, s in search.inner_optimizer.state.items()}
 
-    unrolled(search, val, lookahead)
+    Unrolled()(search, val, lookahead)
     analytic = search.gates.alpha.grad.clone()
     assert analytic.abs().sum() > 0
     assert relative_error(analytic, central_differences(search, val, lookahead)) < 1e-4
@@ -65,17 +65,17 @@ def test_unrolled_matches_finite_differences(search_setup, unroll_steps):
 
 def test_first_order_matches_finite_differences_at_fixed_weights(search_setup):
     search, _, val = search_setup
-    first_order(search, val, [])
+    FirstOrder()(search, val, [])
     analytic = search.gates.alpha.grad.clone()
     assert relative_error(analytic, central_differences(search, val, [])) < 1e-4
 
 
 def test_unrolled_differs_from_first_order(search_setup):
     search, batches, val = search_setup
-    first_order(search, val, [])
+    FirstOrder()(search, val, [])
     first = search.gates.alpha.grad.clone()
     search.gates.alpha.grad = None
-    unrolled(search, val, [[next(batches)]])
+    Unrolled()(search, val, [[next(batches)]])
     assert relative_error(search.gates.alpha.grad, first) > 1e-3
 
 
@@ -87,8 +87,8 @@ def test_unrolled_search_end_to_end_with_accumulation(tiny_llama_dir, chat_examp
     assert trainer.model.get_base_model().config._attn_implementation != "eager"
     trainer.train()
     record = trainer.flexora_record
-    assert record["search_outer_steps"] == record["search_inner_steps"] == 6  # ceil(48 / (4 * 2))
-    assert any(value != 0 for value in record["alpha"].values())
+    assert record.search_outer_steps == record.search_inner_steps == 6  # ceil(48 / (4 * 2))
+    assert any(value != 0 for value in record.alpha.values())
     # Eager attention was only for the search (fused kernels have no double backward).
     assert trainer.model.get_base_model().config._attn_implementation != "eager"
 

@@ -73,11 +73,11 @@ def planted_search(planted, tiny_llama_dir, output_dir, target_modules=("down_pr
     )
     trainer.train()
     record = trainer.flexora_record
-    scores = {int(block): value for block, value in record["scores"].items()}
+    scores = record.scores
     top = sorted(sorted(scores, key=scores.get, reverse=True)[: len(planted)])
-    print(f"planted {planted}, {record['selection_score']} on {list(target_modules)}: scores "
-          f"{[round(scores[b], 4) for b in sorted(scores)]}, top {top}, selected {record['selected_layers']}, "
-          f"search {record['search_seconds']:.1f} s")
+    print(f"planted {planted}, {record.selection_score} on {list(target_modules)}: scores "
+          f"{[round(scores[b], 4) for b in sorted(scores)]}, top {top}, selected {record.selected_layers}, "
+          f"search {record.search_seconds:.1f} s")
     return record, top
 
 
@@ -88,8 +88,8 @@ def test_search_ranks_planted_blocks_first(planted, tiny_llama_dir, tmp_path, on
     (2, 5) [-1.92, -1.29, 1.29, -0.30, -0.42, 1.40], (0, 3) [0.26, -1.53, -1.30, 1.48, -0.41, -0.45].
     13-30 s a run on the shared 2-core machine, depending on its load."""
     record, top = planted_search(planted, tiny_llama_dir, tmp_path / "out")
-    assert record["search_inner_steps"] == record["search_outer_steps"] == 128
-    assert top == sorted(planted), f"planted {planted}, top {top}, alpha {record['alpha']}"
+    assert record.search_inner_steps == record.search_outer_steps == 128
+    assert top == sorted(planted), f"planted {planted}, top {top}, alpha {record.alpha}"
 
 
 @pytest.mark.parametrize("planted", [(1, 4), (2, 5), (0, 3)], ids=lambda p: "blocks_" + "_".join(map(str, p)))
@@ -106,5 +106,5 @@ def test_ablation_score_ranks_planted_blocks_first(planted, tiny_llama_dir, tmp_
     every projection, `ablation` found block 1 clearly (0.152) but not block 4 (-0.031; top 2: blocks 0 and 1), and
     `taylor` neither (top 2: blocks 0 and 2)."""
     record, top = planted_search(planted, tiny_llama_dir, tmp_path / "out", selection_score="ablation")
-    assert top == sorted(planted), f"planted {planted}, top {top}, scores {record['scores']}"
-    assert record["selected_layers"] == sorted(planted)  # measured: (2, 5) and (0, 3) too, margins 0.07 to 0.14
+    assert top == sorted(planted), f"planted {planted}, top {top}, scores {record.scores}"
+    assert record.selected_layers == sorted(planted)  # measured: (2, 5) and (0, 3) too, margins 0.07 to 0.14

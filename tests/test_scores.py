@@ -8,10 +8,11 @@ import itertools
 import pytest
 import torch
 
-from flexora_trl.gates import LayerGates
-from flexora_trl.hypergradient import first_order
+from flexora_trl.gates import BlockGates
+from flexora_trl.hypergradient import FirstOrder
 from flexora_trl.scores import AblationScore, TaylorScore
 from flexora_trl.search import GateSearch
+from flexora_trl.search_data import search_dataloaders
 from flexora_trl.selection import separation
 from tiny import float64_search, flexora_trainer
 
@@ -36,7 +37,7 @@ def test_taylor_score_is_minus_the_mask_gradient(trained_search):
     search, val_loader = trained_search
     val = [next(iter(val_loader))]
     with search.score.outer_context(search.gates):  # an outer step's gradient, without its gate update
-        first_order(search, val, [])
+        FirstOrder()(search, val, [])
     (sample,) = search.score.samples
     mask = search.gates.mask
     for position in range(mask.numel()):
@@ -84,8 +85,8 @@ def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_d
     float32 loss differences, not bf16-rounded ones."""
     trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples[:64], bf16=True, learning_rate=1e-2,
                               selection_score="ablation", score_val_batches=2)
-    search = GateSearch(trainer, LayerGates(trainer.flexora_blocks), trainer.flexora_args)
-    train_loader, val_loader, _ = trainer._search_dataloaders()
+    search = GateSearch(trainer, BlockGates(trainer.flexora_blocks), trainer.flexora_args)
+    train_loader, val_loader, _ = search_dataloaders(trainer)
     for batch in itertools.islice(train_loader, 3):  # LoRA's B away from zero
         search._inner_step([batch])
     search.model.eval()
@@ -112,16 +113,16 @@ def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir,
     )
     trainer.train()
     record = trainer.flexora_record
-    assert record["search_inner_steps"] == 8
-    assert record["search_warmup_steps"] == 4 and record["search_outer_steps"] == 4
-    assert len(record["alpha_trajectory"]) == 4
-    scores = {int(b): v for b, v in record["scores"].items()}
-    assert set(scores) == set(range(4)) and set(map(int, record["score_stderr"])) == set(range(4))
+    assert record.search_inner_steps == 8
+    assert record.search_warmup_steps == 4 and record.search_outer_steps == 4
+    assert len(record.alpha_trajectory) == 4
+    scores = record.scores
+    assert set(scores) == set(range(4)) and set(record.score_stderr) == set(range(4))
     if score == "gate":
-        assert record["scores"] == record["alpha"]
+        assert record.scores == record.alpha
     expected = sorted(b for b, v in scores.items() if v > 0) or [max(scores, key=scores.get)]
-    assert record["selected_layers"] == expected
-    assert isinstance(record["score_separation"]["separated"], bool)
+    assert record.selected_layers == expected
+    assert isinstance(record.score_separation["separated"], bool)
 
 
 def test_separation_compares_the_boundary_with_its_noise():

@@ -11,7 +11,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from flexora_trl.record import RECORD_NAME
+from flexora_trl.blocks import map_lora_blocks
+from flexora_trl.record import RECORD_NAME, SelectionRecord
 from tiny import flexora_trainer, lora_config
 
 INPUT = torch.tensor([[5, 17, 42, 99, 7, 123, 64, 3]])
@@ -21,9 +22,8 @@ def adapter_tensors(directory):
     return load_file(os.path.join(directory, "adapter_model.safetensors"))
 
 
-def record(directory):
-    with open(os.path.join(directory, RECORD_NAME)) as handle:
-        return json.load(handle)
+def record(directory) -> SelectionRecord:
+    return SelectionRecord.read(str(directory))
 
 
 class LogCollector(TrainerCallback):
@@ -51,17 +51,17 @@ def test_end_to_end_adapter_is_plain_peft_on_the_selection(tiny_llama_dir, chat_
     trainer.save_model()
 
     chosen = record(tmp_path / "out")
-    selected = chosen["selected_layers"]
-    assert chosen["source"] == "search" and 1 <= len(selected) < 4
-    assert chosen["lora_params_selected"] == chosen["lora_params_all_blocks"] * len(selected) // 4
-    assert len(chosen["alpha_trajectory"]) == chosen["search_outer_steps"] > 0
-    assert chosen["finetune_seconds"] > 0 and chosen["search_seconds"] > 0
+    selected = chosen.selected_layers
+    assert chosen.source == "search" and 1 <= len(selected) < 4
+    assert chosen.lora_params_selected == chosen.lora_params_all_blocks * len(selected) // 4
+    assert len(chosen.alpha_trajectory) == chosen.search_outer_steps > 0
+    assert chosen.finetune_seconds > 0 and chosen.search_seconds > 0
     assert os.path.exists(tmp_path / "out" / "flexora_gates.png")
 
     with open(tmp_path / "out" / "adapter_config.json") as handle:
         config = json.load(handle)
     assert config["layers_to_transform"] == selected and config["layers_pattern"] == "layers"
-    blocks_in_file = {int(name.split("layers.")[1].split(".")[0]) for name in adapter_tensors(tmp_path / "out")}
+    blocks_in_file = {trainer.flexora_blocks.block_of(name) for name in adapter_tensors(tmp_path / "out")}
     assert blocks_in_file == set(selected)
 
     # No gate hook is left on the trained model, and the adapter reloads to the same logits.
@@ -93,7 +93,7 @@ def test_gpt2_style_blocks_end_to_end(tiny_gpt2_dir, chat_examples, tmp_path):
     trainer.save_model()
     with open(tmp_path / "adapter_config.json") as handle:
         config = json.load(handle)
-    assert config["layers_to_transform"] == record(tmp_path)["selected_layers"] and config["layers_pattern"] == "h"
+    assert config["layers_to_transform"] == record(tmp_path).selected_layers and config["layers_pattern"] == "h"
     assert len(config["layers_to_transform"]) == 2
 
 
@@ -101,7 +101,7 @@ def test_skipping_the_search_with_the_same_blocks_gives_the_same_adapter(tiny_ll
     searched = flexora_trainer(tiny_llama_dir, tmp_path / "search", chat_examples)
     searched.train()
     searched.save_model()
-    selected = record(tmp_path / "search")["selected_layers"]
+    selected = record(tmp_path / "search").selected_layers
 
     given = flexora_trainer(tiny_llama_dir, tmp_path / "given", chat_examples, selected_layers=selected)
     given.train()
@@ -111,7 +111,7 @@ def test_skipping_the_search_with_the_same_blocks_gives_the_same_adapter(tiny_ll
     from_file.train()
     from_file.save_model()
 
-    assert record(tmp_path / "given")["source"] == "given" and record(tmp_path / "given")["alpha"] is None
+    assert record(tmp_path / "given").source == "given" and record(tmp_path / "given").alpha is None
     reference = adapter_tensors(tmp_path / "search")
     for other in ("given", "file"):
         tensors = adapter_tensors(tmp_path / other)
@@ -135,7 +135,7 @@ def test_resume_skips_the_search_and_ends_with_the_same_adapter(tiny_llama_dir, 
         resumed.train(resume_from_checkpoint=True)
     resumed.save_model()
     assert "no new search" in caplog.text
-    assert record(tmp_path / "cut")["alpha"] == searched["alpha"]  # the record of the search, not a new one
+    assert record(tmp_path / "cut").alpha == searched.alpha  # the record of the search, not a new one
     reference, tensors = adapter_tensors(tmp_path / "full"), adapter_tensors(tmp_path / "cut")
     assert tensors.keys() == reference.keys()
     for key in reference:
@@ -149,7 +149,7 @@ def test_an_earlier_run_in_output_dir_is_never_overwritten(tiny_llama_dir, chat_
     second = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples)
     with pytest.raises(FileExistsError, match="selection_file"):
         second.train()
-    other_blocks = [b for b in range(4) if b not in record(tmp_path)["selected_layers"]][:1]
+    other_blocks = [b for b in range(4) if b not in record(tmp_path).selected_layers][:1]
     third = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, selected_layers=other_blocks)
     with pytest.raises(FileExistsError, match="earlier Flexora run"):
         third.train()
@@ -166,17 +166,23 @@ def test_gradient_accumulation_checkpointing_and_eval_dataset(tiny_llama_dir, ch
     )
     trainer.train()
     chosen = record(tmp_path)
-    assert chosen["search_inner_steps"] == 5  # ceil(40 samples / (4 per batch * 2 accumulated))
-    assert chosen["search_samples"] == 40
+    assert chosen.search_inner_steps == 5  # ceil(40 samples / (4 per batch * 2 accumulated))
+    assert chosen.search_samples == 40
 
 
 def test_bf16_model_keeps_alpha_in_fp32(tiny_llama_dir, chat_examples, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
     trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, model=model, max_steps=2, bf16=True)
+    collector = LogCollector()
+    trainer.add_callback(collector)
     trainer.train()
-    alpha = record(tmp_path)["alpha"]
+    alpha = record(tmp_path).alpha
     assert all(isinstance(v, float) and v == v for v in alpha.values())
     assert any(v != 0 for v in alpha.values())
+    # alpha's dtype, as the search logged it: gates computed from a bf16 alpha would all be bf16 numbers.
+    logged = [v for log in collector.logs for key, v in log.items() if key.startswith("flexora/gate_")]
+    gates = torch.tensor(logged, dtype=torch.float32)
+    assert logged and not torch.equal(gates.to(torch.bfloat16).float(), gates)
 
 
 def test_regex_target_modules_are_spelled_out_in_the_adapter(tiny_llama_dir, chat_examples, tmp_path):
@@ -186,7 +192,8 @@ def test_regex_target_modules_are_spelled_out_in_the_adapter(tiny_llama_dir, cha
     trainer.train()
     trainer.save_model()
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tmp_path)
-    lora_blocks = {int(n.split("layers.")[1].split(".")[0]) for n, _ in reloaded.named_parameters() if "lora_" in n}
+    blocks = map_lora_blocks(reloaded)
+    lora_blocks = {blocks.block_of(n) for n, _ in reloaded.named_parameters() if "lora_" in n}
     assert lora_blocks == {1, 3}
 
 
@@ -245,20 +252,21 @@ def test_sharded_backends_are_refused_with_a_clear_message():
     """FSDP needs torchrun to even build TrainingArguments, so the check is exercised on its own here."""
     from types import SimpleNamespace
 
-    from flexora_trl.trainer_mixin import _check_distributed_backend
+    from flexora_trl.checks import check_distributed_backend
 
     with pytest.raises(ValueError, match="does not support FSDP"):
-        _check_distributed_backend(SimpleNamespace(fsdp=["full_shard"], deepspeed_plugin=None))
+        check_distributed_backend(SimpleNamespace(fsdp=["full_shard"], deepspeed_plugin=None))
     with pytest.raises(ValueError, match="ZeRO-3"):
-        _check_distributed_backend(SimpleNamespace(fsdp=[], deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+        check_distributed_backend(SimpleNamespace(fsdp=[], deepspeed_plugin=SimpleNamespace(zero_stage=3)))
 
 
 def test_non_finite_loss_mid_search_stops_with_the_last_good_alpha(tiny_llama_dir, chat_examples, tmp_path, caplog):
-    from flexora_trl.gates import LayerGates
+    from flexora_trl.gates import BlockGates
     from flexora_trl.search import GateSearch
+    from flexora_trl.search_data import search_dataloaders
 
     trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, loss_type="nll")
-    train_loader, val_loader, _ = trainer._search_dataloaders()
+    train_loader, val_loader, _ = search_dataloaders(trainer)
     batches, val = list(train_loader)[:6], list(val_loader)
     weight = trainer.model.get_base_model().model.layers[1].mlp.down_proj.weight
 
@@ -270,7 +278,7 @@ def test_non_finite_loss_mid_search_stops_with_the_last_good_alpha(tiny_llama_di
                     weight[0, 0] = float("inf")
             yield batch
 
-    gates = LayerGates(trainer.flexora_blocks)
+    gates = BlockGates(trainer.flexora_blocks)
     with caplog.at_level(logging.WARNING, logger="flexora_trl.search"):
         result = GateSearch(trainer, gates, trainer.flexora_args).run(overflowing_after_three_steps(), val, 6)
     assert "non-finite" in result.stopped_early and "last good alpha" in caplog.text
@@ -309,4 +317,4 @@ def test_same_seed_same_selection(tiny_llama_dir, chat_examples, tmp_path):
         trainer = flexora_trainer(tiny_llama_dir, tmp_path / name, chat_examples, max_steps=1)
         trainer.train()
         runs.append(record(tmp_path / name))
-    assert runs[0]["alpha"] == runs[1]["alpha"] and runs[0]["selected_layers"] == runs[1]["selected_layers"]
+    assert runs[0].alpha == runs[1].alpha and runs[0].selected_layers == runs[1].selected_layers

@@ -115,8 +115,9 @@ def float64_search(model_dir, examples, output_dir, inner_steps: int = 2, **opti
     import torch
     from transformers import AutoModelForCausalLM
 
-    from flexora_trl.gates import LayerGates
+    from flexora_trl.gates import BlockGates
     from flexora_trl.search import GateSearch
+    from flexora_trl.search_data import search_dataloaders
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64, attn_implementation="eager")
@@ -124,8 +125,8 @@ def float64_search(model_dir, examples, output_dir, inner_steps: int = 2, **opti
                     peft_config=lora_config(target_modules=["c_attn", "c_fc"], fan_in_fan_out=True))
     trainer = flexora_trainer(model_dir, output_dir, examples, model=model, **{**settings, **options})
     trainer.compute_loss_func = float64_cross_entropy
-    search = GateSearch(trainer, LayerGates(trainer.flexora_blocks, dtype=torch.float64), trainer.flexora_args)
-    train_loader, val_loader, _ = trainer._search_dataloaders()
+    search = GateSearch(trainer, BlockGates(trainer.flexora_blocks, dtype=torch.float64), trainer.flexora_args)
+    train_loader, val_loader, _ = search_dataloaders(trainer)
     batches = iter(train_loader)
     for _ in range(inner_steps):
         search._inner_step([next(batches)])

@@ -18,11 +18,12 @@ trainer = flexora_trainer(
 trainer.train()
 trainer.save_model()
 rank = trainer.args.process_index
+record = trainer.flexora_record
 with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as handle:
     json.dump({
         "world_size": trainer.args.world_size,
-        "selected": trainer.flexora_record["selected_layers"],
-        "alpha": trainer.flexora_record["alpha"],
-        "lora_blocks": sorted({int(n.split("layers.")[1].split(".")[0])
+        "selected": record.selected_layers,
+        "alpha": record.to_dict()["alpha"],
+        "lora_blocks": sorted({trainer.flexora_blocks.block_of(n)
                                for n, p in trainer.model.named_parameters() if p.requires_grad}),
     }, handle)
