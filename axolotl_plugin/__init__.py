@@ -31,6 +31,8 @@ def flexora_enabled(cfg) -> bool:
 class FlexoraPlugin(BasePlugin):
     """Axolotl plugin: `flexora:` config block + the Flexora trainer."""
 
+    explicit_nulls: frozenset = frozenset()  # options the raw `flexora:` block set to null (see `register`)
+
     def get_input_args(self) -> str:
         return "axolotl_plugin.args.FlexoraArgs"
 
@@ -42,13 +44,13 @@ class FlexoraPlugin(BasePlugin):
         `search_samples: null` (the search sized by `search_budget`) would come back as the default 1,000: the raw
         config's explicit nulls are noted here and restored in `get_training_args`.
         """
-        self.explicit_nulls = set()
+        self.explicit_nulls = frozenset()
         if flexora_enabled(cfg):
             for key in LORA_KERNELS:
                 if cfg.get(key) is None:
                     cfg[key] = False
             if isinstance(cfg["flexora"], dict):
-                self.explicit_nulls = {key for key, value in cfg["flexora"].items() if value is None}
+                self.explicit_nulls = frozenset(key for key, value in cfg["flexora"].items() if value is None)
 
     def get_training_args_mixin(self) -> str:
         return "axolotl_plugin.args.FlexoraTrainingArgsMixin"
@@ -58,7 +60,7 @@ class FlexoraPlugin(BasePlugin):
         if not flexora_enabled(cfg):
             return None
         options = {name: cfg.flexora[name] for name in FlexoraArguments.names() if name in cfg.flexora}
-        return {**options, **dict.fromkeys(getattr(self, "explicit_nulls", ()) & set(FlexoraArguments.names()))}
+        return {**options, **dict.fromkeys(self.explicit_nulls & set(FlexoraArguments.names()))}
 
     def get_trainer_cls(self, cfg):
         if not flexora_enabled(cfg):
