@@ -3,7 +3,7 @@
     plugins:
       - axolotl_plugin.FlexoraPlugin
     flexora:
-      search_samples: 1000
+      selection_rule: positive
 
 The plugin adds the `flexora:` block to the config schema and, when the block is there, passes its options to the
 training arguments and hands Axolotl a trainer that reads them there, searches which blocks deserve a LoRA and trains a
@@ -31,36 +31,27 @@ def flexora_enabled(cfg) -> bool:
 class FlexoraPlugin(BasePlugin):
     """Axolotl plugin: `flexora:` config block + the Flexora trainer."""
 
-    explicit_nulls: frozenset = frozenset()  # options the raw `flexora:` block set to null (see `register`)
-
     def get_input_args(self) -> str:
         return "axolotl_plugin.args.FlexoraArgs"
 
     def register(self, cfg):
         """Axolotl turns its fused LoRA kernels on when they are unset; they skip the gates, so Flexora keeps them off.
-        Done on the raw config because the order of Axolotl's and a plugin's schema validators is not fixed.
-
-        Axolotl's validated config drops every null (`model_dump(exclude_none=True)`), so an explicit
-        `search_samples: null` (the search sized by `search_budget`) would come back as the default 1,000: the raw
-        config's explicit nulls are noted here and restored in `get_training_args`.
-        """
-        self.explicit_nulls = frozenset()
+        Done on the raw config because the order of Axolotl's and a plugin's schema validators is not fixed."""
         if flexora_enabled(cfg):
             for key in LORA_KERNELS:
                 if cfg.get(key) is None:
                     cfg[key] = False
-            if isinstance(cfg["flexora"], dict):
-                self.explicit_nulls = frozenset(key for key, value in cfg["flexora"].items() if value is None)
 
     def get_training_args_mixin(self) -> str:
         return "axolotl_plugin.args.FlexoraTrainingArgsMixin"
 
     def get_training_args(self, cfg):
-        """The `flexora:` block's options (validated with the config) as training-args fields for the trainer."""
+        """The `flexora:` block's options (validated with the config) as training-args fields for the trainer.
+        Axolotl's validated config drops every null (`model_dump(exclude_none=True)`); every option that takes null
+        defaults to it, so a dropped null means what the user wrote."""
         if not flexora_enabled(cfg):
             return None
-        options = {name: cfg.flexora[name] for name in FlexoraArguments.names() if name in cfg.flexora}
-        return {**options, **dict.fromkeys(self.explicit_nulls & set(FlexoraArguments.names()))}
+        return {name: cfg.flexora[name] for name in FlexoraArguments.names() if name in cfg.flexora}
 
     def get_trainer_cls(self, cfg):
         if not flexora_enabled(cfg):

@@ -67,7 +67,7 @@ PROFILES = {
                   speed_steps=2),
     "dev": dict(main=[("intent_recognition", "learn"), ("hyperbaton", "overfit")], seeds=[0, 1], random_draws=2,
                 n_test=200, linear=[], planted=[(1, "qv"), (2, "all_linear")], planted_samples=192,
-                planted_prompts=256, budgets=[], long=None, speed_steps=0),
+                planted_prompts=256, budgets=[], budget_task="hyperbaton", long=None, speed_steps=0),
     # Two seeds: three would take the full profile over 150 min on 2 cores (bf16, ~180 min estimated).
     "full": dict(main=[(t, r) for t in TASKS for r in REGIMES], seeds=[0, 1], random_draws=2, n_test=200,
                  linear=[(t, "overfit", 0) for t in TASKS], planted=[(1, "qv"), (2, "qv"), (1, "all_linear"),
@@ -86,6 +86,12 @@ def parse_args(argv=None):
     p.add_argument("--seeds", help="comma-separated training seeds (default: the profile's)")
     p.add_argument("--planted", help="comma-separated planted sets as set:targets, e.g. 3:qv,4:all_linear (default: "
                                      "the profile's); sets are drawn from their number, so new numbers are new sets")
+    p.add_argument("--budget-task", choices=TASKS, help="the task of the search-budget study (default: the profile's)")
+    p.add_argument("--budgets", help="comma-separated search sizes of the budget study, in samples (default: the "
+                                     "profile's)")
+    p.add_argument("--long-task", help="the task of the long run (default: the profile's); any multiple-choice "
+                                       "BIG-bench task in the local cache with enough examples, e.g. one none of the "
+                                       "other parts uses")
     p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="greedy",
                    help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
                         "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
@@ -119,6 +125,12 @@ def profile_of(args) -> dict:
     profile["regimes"] = {name: {**regime, **overrides.get(name, {})} for name, regime in REGIMES.items()}
     if args.seeds:
         profile["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.budget_task:
+        profile["budget_task"] = args.budget_task
+    if args.budgets:
+        profile["budgets"] = [int(b) for b in args.budgets.split(",")]
+    if args.long_task and profile.get("long"):
+        profile["long"] = {**profile["long"], "task": args.long_task}
     if args.planted:
         profile["planted"] = [(int(number), targets) for number, targets in
                               (spec.split(":") for spec in args.planted.split(","))]

@@ -24,12 +24,11 @@ class FlexoraArguments:
     """Options of the Flexora search (layer selection) that runs before normal LoRA fine-tuning."""
 
     search_samples: Optional[int] = field(
-        default=1000,
+        default=None,
         metadata={
             "help": "Training examples the search phase sees (one pass, drawn with the seed from the training set, "
-            "after the hold-out). The authors used 4,800 (+200 held out); their ablation found 1,000 to 10,000 "
-            "give similar selections. None: sized by `search_budget` (not yet the default: its selections have "
-            "still to be measured against a 1,000-sample search)."
+            "after the hold-out). None (the default): the search is sized by `search_budget`. The authors used 4,800 "
+            "(+200 held out); their ablation found 1,000 to 10,000 give similar selections."
         },
     )
     search_budget: float = field(

@@ -59,9 +59,18 @@ def test_given_values_reach_the_trainer_options():
 
 
 def test_an_explicit_null_reaches_the_trainer_options():
-    """Axolotl drops nulls from the validated config; `search_samples: null` must still mean "sized by the budget",
-    not the default 1,000 (the plugin instance Axolotl registered is the one that builds the training args)."""
+    """Axolotl drops nulls from the validated config, so a null can only reach the trainer as the option's default:
+    every option that takes null must default to it (else `search_samples: null`, the budget-sized search, would
+    silently become a number)."""
+    import dataclasses
+    import typing
+
     from axolotl.integrations.base import PluginManager
+
+    nullable = [f for f in dataclasses.fields(FlexoraArguments)
+                if type(None) in typing.get_args(typing.get_type_hints(FlexoraArguments)[f.name])]
+    assert {f.name for f in nullable} >= {"search_samples", "search_steps", "selection_file"}
+    assert {f.name: f.default for f in nullable if f.default is not None} == {}
 
     cfg = validate(config(flexora={"search_samples": None, "search_budget": 0.05}))
     assert "search_samples" not in cfg.flexora  # what Axolotl's validation does to a null

@@ -1,4 +1,4 @@
-"""The search's size with `search_samples=None`: `search_budget` of the planned fine-tune (the Trainer's own step
+"""The search's size with `search_samples=None` (the default): `search_budget` of the planned fine-tune (the Trainer's own step
 count), the floor and its log line, explicit budgets winning, and the early stop once
 the selection settles."""
 
@@ -47,7 +47,7 @@ def test_budget_uses_the_trainers_own_step_count(tiny_llama_dir, chat_examples, 
 
 
 def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, chat_examples):
-    plan = plan_search(FlexoraArguments(search_samples=None), training_args(tmp_path), 40, 4_800)
+    plan = plan_search(FlexoraArguments(), training_args(tmp_path), 40, 4_800)  # the default options
     assert (plan.inner_steps, plan.sized_by) == (MIN_SEARCH_STEPS, "floor")
     assert plan.estimated_share > 0.10
     trainer = flexora_trainer(tiny_llama_dir, tmp_path / "out", chat_examples[:48], search_samples=None,

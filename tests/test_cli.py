@@ -45,8 +45,9 @@ def test_bad_option_on_the_command_line_names_the_key(tmp_path):
     assert done.returncode != 0 and "`gate_lr` must be a number > 0" in done.stderr
 
 
-@pytest.mark.parametrize("recipe", ["trl-smollm2-flexora-cpu.yaml", "trl-llama3-8b-flexora-ddp.yaml"])
-def test_trl_recipes_parse(recipe, monkeypatch):
+@pytest.mark.parametrize("recipe, search_samples", [("trl-smollm2-flexora-cpu.yaml", 256),
+                                                    ("trl-llama3-8b-flexora-ddp.yaml", 4800)])
+def test_trl_recipes_parse(recipe, search_samples, monkeypatch):
     """Each TRL recipe is a valid `flexora-sft --config` (parsed only: no model or data is loaded)."""
     from flexora_trl.cli import make_parser
 
@@ -55,4 +56,4 @@ def test_trl_recipes_parse(recipe, monkeypatch):
         args=["--config", os.path.join(REPO, "recipes", recipe), "--bf16", "false", "--use_cpu", "true"]
     )
     assert model_args.use_peft and model_args.lora_target_modules == ["q_proj", "v_proj"]
-    assert training_args.selection_rule == "positive" and training_args.search_samples > 0
+    assert training_args.selection_rule == "positive" and training_args.search_samples == search_samples
