@@ -86,7 +86,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", help="comma-separated training seeds (default: the profile's)")
     p.add_argument("--planted", help="comma-separated planted sets as set:targets, e.g. 3:qv,4:all_linear (default: "
                                      "the profile's); sets are drawn from their number, so new numbers are new sets")
-    p.add_argument("--budget-task", choices=TASKS, help="the task of the search-budget study (default: the profile's)")
+    p.add_argument("--budget-task", help="the task of the search-budget study (default: the profile's); any "
+                                         "multiple-choice BIG-bench task in the local cache with enough examples")
     p.add_argument("--budgets", help="comma-separated search sizes of the budget study, in samples (default: the "
                                      "profile's)")
     p.add_argument("--long-task", help="the task of the long run (default: the profile's); any multiple-choice "
