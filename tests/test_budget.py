@@ -1,6 +1,6 @@
-"""The search's size with `search_samples=None` (the default): `search_budget` of the planned fine-tune (the Trainer's own step
-count), the floor and its log line, explicit budgets winning, and the early stop once
-the selection settles."""
+"""The search's size with `search_samples=None` (the default): `search_budget` of the planned fine-tune (the Trainer's
+own step count), the floor and its log line, explicit budgets winning, and the early stop once the selection
+settles."""
 
 import logging
 from types import SimpleNamespace
