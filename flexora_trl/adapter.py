@@ -64,15 +64,16 @@ def swap_in_search_adapter(model) -> tuple[str, LoraConfig]:
 
 
 def lora_on_blocks(model, block_map: BlockMap, selected: list[int], name: str, user: LoraConfig,
-                   warm_start: bool = False) -> None:
+                   warm_gates: dict[int, float] | None = None) -> None:
     """The fine-tune's adapter: the user's config on `selected` blocks only, in place of the search's adapter.
-    With `warm_start`, its A and B start from the search's on those blocks (plain LoRA only)."""
+    With `warm_gates` (the search's final gate of each block; `search_warm_start`), its A and B start from the
+    search's on those blocks, the gate folded into B: the selected blocks' LoRA computes what it did in the search
+    (plain LoRA only)."""
     warm = {}
-    if warm_start:
-        for block in selected:
-            for module_name, layer in block_map.modules[block]:
-                warm[module_name] = (layer.lora_A[SEARCH_ADAPTER].weight.detach().clone(),
-                                     layer.lora_B[SEARCH_ADAPTER].weight.detach().clone())
+    for block in selected if warm_gates is not None else []:
+        for module_name, layer in block_map.modules[block]:
+            warm[module_name] = (layer.lora_A[SEARCH_ADAPTER].weight.detach().clone(),
+                                 layer.lora_B[SEARCH_ADAPTER].weight.detach() * warm_gates[block])
     model.delete_adapter(SEARCH_ADAPTER)
     config = copy.deepcopy(user)
     config.layers_to_transform = sorted(selected)

@@ -142,8 +142,10 @@ class FlexoraArguments:
     )
     search_warm_start: bool = field(
         default=False,
-        metadata={"help": "Start the fine-tune from the search's LoRA weights of the selected blocks instead of a "
-                  "fresh LoRA (the authors start fresh); plain LoRA only (no DoRA, a fresh init)."},
+        metadata={"help": "Continue the search's training instead of starting a fresh LoRA (the authors start "
+                  "fresh): the fine-tune starts from the search's LoRA weights of the selected blocks (their gates "
+                  "folded in) and the search's inner steps count toward `max_steps` (or the epochs' steps); plain "
+                  "LoRA only (no DoRA, a fresh init)."},
     )
 
     def validate(self) -> None:

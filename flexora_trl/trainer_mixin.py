@@ -67,12 +67,30 @@ class FlexoraTrainerMixin:
         checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
         record = self._selection(checkpoint)
         self._apply_selection(record)
-        with BackwardFloor(self.model, self.flexora_blocks, record.selected_layers):
+        with BackwardFloor(self.model, self.flexora_blocks, record.selected_layers), self._search_steps_counted(record):
             start = time.perf_counter()
             output = super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
         record.finetuned(time.perf_counter() - start)
         self._write_record(self.args.output_dir)
         return output
+
+    @contextlib.contextmanager
+    def _search_steps_counted(self, record: SelectionRecord):
+        """With `search_warm_start` the fine-tune continues the search's training of the kept blocks, so the
+        search's inner steps (one fine-tune step each) count toward the planned fine-tune: `max_steps` becomes the
+        planned steps minus the search's, for this run and for a resumed one (its record says the same)."""
+        searched = record.source == "search" and record.search_inner_steps
+        if not (record.options.get("search_warm_start") and searched):
+            yield
+            return
+        planned, given = self.flexora_planned_steps, self.args.max_steps
+        self.args.max_steps = max(1, planned - record.search_inner_steps)
+        logger.info("Flexora: the fine-tune continues the search's LoRA (`search_warm_start`): %d of the %d planned "
+                    "steps are left after the search's %d.", self.args.max_steps, planned, record.search_inner_steps)
+        try:
+            yield
+        finally:
+            self.args.max_steps = given
 
     def _resolve_checkpoint(self, resume_from_checkpoint):
         if resume_from_checkpoint is None or resume_from_checkpoint is False:
@@ -135,8 +153,9 @@ class FlexoraTrainerMixin:
         before = self.flexora_lora_params_all_blocks
         set_seed(self.args.seed)  # the fine-tune starts from the same RNG state whether or not a search ran
         name, user = self.flexora_user_adapter
+        warm = self.flexora_args.search_warm_start and record.source == "search" and record.gates
         lora_on_blocks(self.model, self.flexora_blocks, record.selected_layers, name, user,
-                       warm_start=self.flexora_args.search_warm_start and record.source == "search")
+                       warm_gates=record.gates if warm else None)
         after = count_trainable(self.model)
         if record.lora_params_all_blocks is None:  # a resumed run keeps the interrupted run's counts
             record.lora_params_all_blocks, record.lora_params_selected = before, after
