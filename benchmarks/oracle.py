@@ -39,9 +39,10 @@ def batches(tokenizer, rows, size=8, max_length=64):
     return [collate(examples[start : start + size]) for start in range(0, len(examples), size)]
 
 
-def gradient_at_base(model_dir, lora, train):
-    """Per block: the squared norm of the loss gradient with respect to the LoRA target weights, at the base."""
-    model = load_base(model_dir)
+def gradient_at_base(model_dir, lora, train, student):
+    """Per block: the squared norm of the loss gradient with respect to the LoRA target weights, at the student (the
+    base, unless the design damages it)."""
+    model = student(load_base(model_dir))
     model.requires_grad_(False)
     weights = {name: module.weight for name, module in model.named_modules()
                if ".layers." in name and name.rsplit(".", 1)[-1] in lora["target_modules"]}
@@ -55,7 +56,7 @@ def gradient_at_base(model_dir, lora, train):
     return energy
 
 
-def single_block_drops(model_dir, lora, train, val, blocks, steps, lr):
+def single_block_drops(model_dir, lora, train, val, blocks, steps, lr, student):
     """Held-out loss drop after `steps` AdamW steps of LoRA on each block alone (the same seed for every block)."""
     from peft import LoraConfig, get_peft_model
 
@@ -64,7 +65,7 @@ def single_block_drops(model_dir, lora, train, val, blocks, steps, lr):
         with torch.no_grad():
             return sum(float(model(**batch).loss) for batch in val) / len(val)
 
-    base = load_base(model_dir)
+    base = student(load_base(model_dir))
     start_loss = val_loss(base)
     drops = {}
     for block in blocks:
@@ -92,8 +93,11 @@ def main(argv=None):
     p.add_argument("--design", choices=PLANTED_DESIGNS, default="greedy",
                    help="greedy: the benchmark's teacher (b_std 0.4 q,v / 0.2 all linear, 10 greedy tokens); sampled: "
                         "a delta sized to --target-kl per token, 48 sampled tokens; principal: the same with the "
-                        "delta on the inputs' principal directions")
-    p.add_argument("--target-kl", type=float, default=0.1, help="per-token KL(teacher || base) of the sampled designs")
+                        "delta on the inputs' principal directions; repair: the base samples 48 tokens for a "
+                        "student whose planted blocks lose part of their weights' top singular directions (sized to "
+                        "--target-kl)")
+    p.add_argument("--target-kl", type=float, default=0.1,
+                   help="per-token KL(teacher || student) of the sampled designs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
@@ -109,14 +113,15 @@ def main(argv=None):
     prompts = [e.prompt for task in tasks for e in task.train + task.test][:256]  # as the benchmark's planted job
     lora = dict(LORA, target_modules=TARGETS[targets])
     start = time.perf_counter()
-    rows, teacher, max_length = planted_rows(args.design, load_base(model_dir), tokenizer, prompts, planted, lora,
-                                             targets, int(number), target_kl=args.target_kl)
+    rows, teacher, max_length, student = planted_rows(args.design, load_base(model_dir), tokenizer, prompts, planted,
+                                                      lora, targets, int(number), target_kl=args.target_kl)
     random.Random(0).shuffle(rows)
     train = batches(tokenizer, rows[:192], max_length=max_length or 64)
     val = batches(tokenizer, rows[192:], max_length=max_length or 64)
-    energy = gradient_at_base(model_dir, lora, train)
+    energy = gradient_at_base(model_dir, lora, train, student)
     blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else list(range(NUM_BLOCKS))
-    start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr)
+    start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr,
+                                           student)
 
     def precision(scores):
         top = sorted(scores, key=lambda b: (-scores[b], b))[: len(planted)]

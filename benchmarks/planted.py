@@ -1,6 +1,10 @@
-"""Planted-layer recovery: a teacher with a known LoRA delta on some blocks writes the training data."""
+"""Planted-layer recovery: a teacher with a known LoRA delta on some blocks writes the training data, or the base
+writes it for a student damaged on some blocks."""
 
 from __future__ import annotations
+
+import contextlib
+import copy
 
 import torch
 
@@ -8,15 +12,24 @@ SAMPLED_MAX_LENGTH = 128  # prompts of up to ~80 tokens and 48 sampled ones
 
 
 def planted_rows(design, base, tokenizer, prompts, planted_blocks, lora, targets, seed, target_kl=0.1):
-    """The training rows, the teacher's description and the max_length they need (None: the caller's default) for
-    a design (`greedy`, `sampled` or `principal`; see `benchmarks.run --help`): the benchmark's planted job and the
+    """The training rows, the teacher's description, the max_length they need (None: the caller's default) and the
+    student (a function turning a freshly loaded base into the model the search and the oracle train) for a design
+    (`greedy`, `sampled`, `principal` or `repair`; see `benchmarks.run --help`): the benchmark's planted job and the
     oracle build their teachers here."""
+    if design == "repair":
+        return (*repair_rows(base, tokenizer, prompts, planted_blocks, lora["target_modules"], target_kl, seed),
+                SAMPLED_MAX_LENGTH)
     if design == "greedy":
         b_std = 0.4 if targets == "qv" else 0.2  # seven modules per block: a smaller delta changes as much
-        return (*teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=b_std, seed=seed), None)
+        rows, teacher = teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=b_std, seed=seed)
+        return rows, teacher, None, _unchanged
     rows, teacher = sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_kl=target_kl,
                                          seed=seed, principal=design == "principal")
-    return rows, teacher, SAMPLED_MAX_LENGTH
+    return rows, teacher, SAMPLED_MAX_LENGTH, _unchanged
+
+
+def _unchanged(model):
+    return model
 
 
 @torch.no_grad()
@@ -66,15 +79,15 @@ def _planted_teacher(base, planted_blocks, lora, b_std, seed):
 
 
 @torch.no_grad()
-def _answer_kl(teacher, tokenizer, prompts, answers):
-    """Mean per-token KL(teacher || base) of the next-token distributions where answers are written: from each
+def _answer_kl(teacher, tokenizer, prompts, answers, student=None):
+    """Mean per-token KL(teacher || student) of the next-token distributions where answers are written: from each
     prompt's last position through its answer (a delta can leave the prompts' own positions alone and still change
-    how the model answers, e.g. not at all)."""
+    how the model answers, e.g. not at all). No `student`: the base, i.e. the teacher with its adapter disabled."""
     tokenizer.padding_side = "right"
     batch = tokenizer([p + a for p, a in zip(prompts, answers)], return_tensors="pt", padding=True)
     log_t = torch.log_softmax(teacher(**batch).logits.float(), -1)
-    with teacher.disable_adapter():
-        log_b = torch.log_softmax(teacher(**batch).logits.float(), -1)
+    with teacher.disable_adapter() if student is None else contextlib.nullcontext():
+        log_b = torch.log_softmax((student or teacher)(**batch).logits.float(), -1)
     kl = (log_t.exp() * (log_t - log_b)).sum(-1)
     mask = batch["attention_mask"].bool()
     for row, prompt in enumerate(prompts):
@@ -137,3 +150,55 @@ def sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_
     return rows, {"design": "sampled", "principal": principal, "target_kl": target_kl,
                   "measured_kl": round(measured, 4), "b_std": round(scale, 5), "max_new_tokens": max_new_tokens,
                   "n_rows": len(rows), "example": rows[0]}
+
+
+REPAIR_RANK = 4  # below the benchmark's LoRA rank (8): a planted block's LoRA can undo its damage exactly
+
+
+def _planted_modules(model, planted_blocks, target_modules):
+    return {name: module for name, module in model.named_modules()
+            if ".layers." in name and name.rsplit(".", 1)[-1] in target_modules
+            and int(name.split(".layers.")[1].split(".")[0]) in planted_blocks}
+
+
+class Damage:
+    """The repair design's student: in every target module of the planted blocks, the weight's top REPAIR_RANK
+    singular directions shrunk by `fraction`. A change the base's own training put there (not a random direction,
+    which any later block imitates), of a rank the planted block's LoRA can undo exactly and no other block can."""
+
+    def __init__(self, base, planted_blocks, target_modules):
+        self.planted_blocks, self.target_modules, self.fraction = planted_blocks, target_modules, 0.0
+        self.parts = {}
+        for name, module in _planted_modules(base, planted_blocks, target_modules).items():
+            u, s, vh = torch.linalg.svd(module.weight.detach().float(), full_matrices=False)
+            self.parts[name] = (u[:, :REPAIR_RANK] * s[:REPAIR_RANK]) @ vh[:REPAIR_RANK]
+
+    @torch.no_grad()
+    def __call__(self, model, fraction=None):
+        """Damage a freshly loaded base in place (and return it)."""
+        for name, module in _planted_modules(model, self.planted_blocks, self.target_modules).items():
+            module.weight.sub_(((self.fraction if fraction is None else fraction) * self.parts[name])
+                               .to(module.weight.dtype))
+        return model
+
+
+def repair_rows(base, tokenizer, prompts, planted_blocks, target_modules, target_kl=0.1, seed=0, max_new_tokens=48):
+    """The repair design: the teacher is the base itself, sampling long continuations; the student is the base with
+    its planted blocks damaged (`Damage`), by the fraction whose KL from the base where answers are written is
+    `target_kl` (at most the whole top-rank part). The student's LoRA learns the data best where the damage is."""
+    damage = Damage(base, planted_blocks, target_modules)
+    probe = prompts[:32]
+    probe_answers = _generate(base, tokenizer, probe, 16)
+    fraction = 0.5
+    for _ in range(6):  # KL grows about as the square of a small damage
+        kl = _answer_kl(base, tokenizer, probe, probe_answers, student=damage(copy.deepcopy(base), fraction))
+        fraction = min(1.0, fraction * (target_kl / max(kl, 1e-9)) ** 0.5)
+    damage.fraction = fraction
+    measured = _answer_kl(base, tokenizer, probe, probe_answers, student=damage(copy.deepcopy(base)))
+    torch.manual_seed(seed)
+    outputs = _generate(base, tokenizer, prompts, max_new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    rows = _rows(prompts, outputs)
+    teacher = {"design": "repair", "rank": REPAIR_RANK, "fraction": round(fraction, 5), "target_kl": target_kl,
+               "measured_kl": round(measured, 4), "max_new_tokens": max_new_tokens, "n_rows": len(rows),
+               "example": rows[0]}
+    return rows, teacher, damage

@@ -37,7 +37,7 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_p
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGETS = {"qv": LORA["target_modules"], "all_linear": ALL_LINEAR}
 SPEED_BLOCKS = list(range(15, 30))  # the upper half: the fine-tune needs no backward below block 15
-PLANTED_DESIGNS = ("greedy", "sampled", "principal")  # benchmarks.planted.planted_rows builds each teacher
+PLANTED_DESIGNS = ("greedy", "sampled", "principal", "repair")  # benchmarks.planted.planted_rows builds each
 TASKS = ["hyperbaton", "intent_recognition", "reasoning_about_colored_objects", "instructions"]
 
 # learn: all-block LoRA clearly beats zero-shot. overfit: a small training set over many epochs, where all-block LoRA's
@@ -96,8 +96,9 @@ def parse_args(argv=None):
     p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="greedy",
                    help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
                         "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
-                        "sampled tokens; principal = the same on its inputs' principal directions (see "
-                        "benchmarks/README.md)")
+                        "sampled tokens; principal = the same on its inputs' principal directions; repair = the base "
+                        "writes 48 sampled tokens for a student whose planted blocks lose part of their weights' top "
+                        "singular directions (KL 0.1) (see benchmarks/README.md)")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
                                    "(default: all of the profile's)")
     p.add_argument("--flexora-options", default="{}",
@@ -206,8 +207,9 @@ class Harness:
     # -------------------------------------------------------------------------------------------- one training run
     def train_and_eval(self, key, task, seed, arm, layers=None, flexora_opts=None, train_rows=None, max_steps=-1,
                        epochs=1, evaluate=True, curve=False, targets="qv", batch=BATCH, gradient_checkpointing=False,
-                       learning_rate=LEARNING_RATE, max_length=None, **labels):
-        """Train one arm and score it on the task's test set; `curve` adds the held-out answer loss per epoch."""
+                       learning_rate=LEARNING_RATE, max_length=None, model=None, **labels):
+        """Train one arm (of `model`, by default the base) and score it on the task's test set; `curve` adds the
+        held-out answer loss per epoch."""
         from datasets import Dataset
         from peft import LoraConfig
         from transformers import TrainerCallback, set_seed
@@ -255,8 +257,9 @@ class Harness:
         # TRL builds the LoRA before the Trainer seeds anything: seed here, so every arm's LoRA starts from its seed
         # and not from whatever the process drew before (Flexora re-seeds its search's LoRA itself).
         set_seed(seed)
-        trainer = cls(model=load_base(self.model_dir), args=config, train_dataset=Dataset.from_list(rows),
-                      processing_class=self.tokenizer, peft_config=LoraConfig(**lora_kwargs), callbacks=[Measure()])
+        model = model if model is not None else load_base(self.model_dir)
+        trainer = cls(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=self.tokenizer,
+                      peft_config=LoraConfig(**lora_kwargs), callbacks=[Measure()])
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
@@ -341,8 +344,9 @@ class Harness:
                                     targets="all_linear", flexora_opts=self.flexora_opts(**search)))
 
     def planted(self, set_seed, targets):
-        """Teacher = SmolLM2 + a random LoRA delta on drawn blocks (the student's LoRA targets); it answers prompts
-        greedily and the search runs on (prompt, teacher answer) pairs. Precision of the selection and of the top-k."""
+        """Teacher = SmolLM2 + a random LoRA delta on drawn blocks (the student's LoRA targets), or SmolLM2 itself for
+        a student damaged there (`repair`); it answers prompts and the search runs on (prompt, teacher answer) pairs.
+        Precision of the selection and of the top-k."""
         from .planted import planted_rows
 
         p = self.profile
@@ -351,13 +355,13 @@ class Harness:
         prompts = [e.prompt for task in tasks for e in task.train + task.test][: p["planted_prompts"]]
         start = time.perf_counter()
         lora = dict(LORA, target_modules=TARGETS[targets])
-        rows, teacher, max_length = planted_rows(self.args.planted_design, load_base(self.model_dir), self.tokenizer,
-                                                 prompts, blocks, lora, targets, set_seed)
+        rows, teacher, max_length, student = planted_rows(self.args.planted_design, load_base(self.model_dir),
+                                                          self.tokenizer, prompts, blocks, lora, targets, set_seed)
         gen_seconds = time.perf_counter() - start
         opts = self.flexora_opts(search_samples=p["planted_samples"], search_holdout_samples=len(prompts) // 4)
         result = self.train_and_eval(f"planted/{set_seed}/{targets}", None, 0, "planted", flexora_opts=opts,
                                      train_rows=rows, max_steps=1, evaluate=False, targets=targets,
-                                     max_length=max_length)
+                                     max_length=max_length, model=student(load_base(self.model_dir)))
         selected, planted = set(result["selected_layers"]), set(blocks)
         scores = {int(b): a for b, a in (result["scores"] or result["alpha"]).items()}  # by `selection_score`
         top = set(sorted(scores, key=lambda b: (-scores[b], b))[: len(planted)])

@@ -1,0 +1,41 @@
+"""The benchmark's `repair` planted design: the student is the base damaged on the planted blocks only, by a change of
+rank below the LoRA's (so the planted blocks' LoRA can undo it exactly), sized to a KL from the base."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from benchmarks.planted import REPAIR_RANK, Damage, repair_rows
+
+TARGETS = ["q_proj", "v_proj"]
+
+
+def test_the_damage_is_low_rank_and_on_the_planted_blocks_only(tiny_llama_dir):
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    damage = Damage(base, [1, 3], TARGETS)
+    damage.fraction = 0.5
+    student = damage(copy.deepcopy(base))
+    before, after = dict(base.named_parameters()), dict(student.named_parameters())
+    changed = set()
+    for name, weight in after.items():
+        difference = (weight - before[name]).detach()
+        if difference.abs().max() > 0:
+            changed.add(name)
+            assert torch.linalg.matrix_rank(difference) == REPAIR_RANK
+            # what is taken away is half of the weight's top singular directions
+            top = torch.linalg.svdvals(before[name].detach())[:REPAIR_RANK]
+            torch.testing.assert_close(torch.linalg.svdvals(difference)[:REPAIR_RANK], 0.5 * top)
+    assert changed == {f"model.layers.{block}.self_attn.{module}.weight" for block in (1, 3) for module in TARGETS}
+
+
+def test_the_damage_is_sized_to_the_target_kl(tiny_llama_dir):
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
+    # the tiny model is nearly uniform: removing the whole top-rank part moves it by about 0.006 nats a token
+    rows, teacher, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=0.002, max_new_tokens=8)
+    assert len(rows) == len(prompts) and 0 < damage.fraction < 1
+    assert teacher["measured_kl"] == pytest.approx(0.002, rel=0.25)
