@@ -17,8 +17,9 @@ def planted_rows(design, base, tokenizer, prompts, planted_blocks, lora, targets
     (`greedy`, `sampled`, `principal` or `repair`; see `benchmarks.run --help`): the benchmark's planted job and the
     oracle build their teachers here."""
     if design == "repair":
-        return (*repair_rows(base, tokenizer, prompts, planted_blocks, lora["target_modules"], target_kl, seed),
-                SAMPLED_MAX_LENGTH)
+        rows, teacher, damage = repair_rows(base, tokenizer, prompts, planted_blocks, lora["target_modules"],
+                                            target_kl, seed)
+        return rows, teacher, SAMPLED_MAX_LENGTH, damage
     if design == "greedy":
         b_std = 0.4 if targets == "qv" else 0.2  # seven modules per block: a smaller delta changes as much
         rows, teacher = teacher_rows(base, tokenizer, prompts, planted_blocks, lora, b_std=b_std, seed=seed)
