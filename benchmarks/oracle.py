@@ -32,10 +32,13 @@ def batches(tokenizer, rows, size=8, max_length=64):
     collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
     examples = []
     for row in rows:
-        prompt = tokenizer(row["prompt"])["input_ids"]
-        answer = tokenizer(row["completion"])["input_ids"] + [tokenizer.eos_token_id]
-        examples.append({"input_ids": (prompt + answer)[:max_length],
-                         "labels": ([-100] * len(prompt) + answer)[:max_length]})
+        if "input_ids" in row:  # pretokenized, as the model wrote it (`planted.sampled_rows`)
+            ids, labels = row["input_ids"], [t if m else -100 for t, m in zip(row["input_ids"], row["completion_mask"])]
+        else:  # text, ended with EOS as TRL ends it
+            prompt = tokenizer(row["prompt"])["input_ids"]
+            answer = tokenizer(row["completion"])["input_ids"] + [tokenizer.eos_token_id]
+            ids, labels = prompt + answer, [-100] * len(prompt) + answer
+        examples.append({"input_ids": ids[:max_length], "labels": labels[:max_length]})
     return [collate(examples[start : start + size]) for start in range(0, len(examples), size)]
 
 

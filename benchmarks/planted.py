@@ -49,6 +49,35 @@ def _generate(model, tokenizer, prompts, max_new_tokens, batch_size=32, **sampli
     return outputs
 
 
+@torch.no_grad()
+def sampled_rows(model, tokenizer, prompts, max_new_tokens, seed, batch_size=32):
+    """Pretokenized rows (`input_ids`, `completion_mask`) of the model's continuations sampled at temperature 1, as
+    it wrote them: with its end-of-sequence token where it stopped and none where `max_new_tokens` cut it.
+
+    Text rows would not do: TRL ends every completion with EOS, teaching "stop here" where the model did not, and an
+    empty answer needed a placeholder. Both are formats any block learns (later ones faster), and they swamped the
+    planted change: SmolLM2 stops at once on about 2 in 3 of the planted prompts (22 of 32 in a probe)."""
+    stops = model.generation_config.eos_token_id or tokenizer.eos_token_id
+    stops = set(stops if isinstance(stops, list) else [stops])
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    rows = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            width = batch["input_ids"].shape[1]
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                       do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+            for mask, ids in zip(batch["attention_mask"], generated.tolist()):
+                prompt, answer = [t for t, m in zip(ids[:width], mask) if m], ids[width:]
+                end = next((i for i, token in enumerate(answer) if token in stops), None)
+                answer = answer if end is None else answer[: end + 1]
+                rows.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
+    finally:
+        tokenizer.padding_side = "right"
+    return rows
+
+
 def _rows(prompts, answers):
     """Prompt-completion rows; an empty answer becomes a placeholder, so that every row has a token to train on."""
     return [{"prompt": p, "completion": a if a.strip() else " ..."} for p, a in zip(prompts, answers)]
@@ -144,13 +173,10 @@ def sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_
             if "lora_B" in name:
                 param.data.mul_(factor)
     measured = _answer_kl(teacher, tokenizer, probe, probe_answers)
-    torch.manual_seed(seed)
-    outputs = _generate(teacher, tokenizer, prompts, max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
-                        top_p=1.0)
-    rows = _rows(prompts, outputs)
+    rows = sampled_rows(teacher, tokenizer, prompts, max_new_tokens, seed)
     return rows, {"design": "sampled", "principal": principal, "target_kl": target_kl,
                   "measured_kl": round(measured, 4), "b_std": round(scale, 5), "max_new_tokens": max_new_tokens,
-                  "n_rows": len(rows), "example": rows[0]}
+                  **_describe(rows, tokenizer, max_new_tokens)}
 
 
 REPAIR_RANK = 4  # below the benchmark's LoRA rank (8): a planted block's LoRA can undo its damage exactly
@@ -196,10 +222,17 @@ def repair_rows(base, tokenizer, prompts, planted_blocks, target_modules, target
         fraction = min(1.0, fraction * (target_kl / max(kl, 1e-9)) ** 0.5)
     damage.fraction = fraction
     measured = _answer_kl(base, tokenizer, probe, probe_answers, student=damage(copy.deepcopy(base)))
-    torch.manual_seed(seed)
-    outputs = _generate(base, tokenizer, prompts, max_new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
-    rows = _rows(prompts, outputs)
+    rows = sampled_rows(base, tokenizer, prompts, max_new_tokens, seed)
     teacher = {"design": "repair", "rank": REPAIR_RANK, "fraction": round(fraction, 5), "target_kl": target_kl,
-               "measured_kl": round(measured, 4), "max_new_tokens": max_new_tokens, "n_rows": len(rows),
-               "example": rows[0]}
+               "measured_kl": round(measured, 4), "max_new_tokens": max_new_tokens,
+               **_describe(rows, tokenizer, max_new_tokens)}
     return rows, teacher, damage
+
+
+def _describe(rows, tokenizer, max_new_tokens) -> dict:
+    """What the sampled rows hold: how many, how many answers stopped at once or were cut, and the first one."""
+    lengths = [sum(row["completion_mask"]) for row in rows]
+    first = rows[0]
+    return {"n_rows": len(rows), "answers_stopping_at_once": sum(n == 1 for n in lengths),
+            "answers_cut_at_max_new_tokens": sum(n == max_new_tokens for n in lengths),
+            "example": tokenizer.decode(first["input_ids"][len(first["input_ids"]) - lengths[0] :])}

@@ -159,7 +159,8 @@ def make_config(flexora: bool, output_dir: str, seed: int, max_length: int, max_
                   per_device_train_batch_size=batch, per_device_eval_batch_size=BATCH, learning_rate=lr,
                   lr_scheduler_type="constant", warmup_steps=0, max_length=max_length, logging_steps=10_000,
                   save_strategy="no", report_to="none", use_cpu=True, bf16=bf16, seed=seed, data_seed=seed,
-                  disable_tqdm=True, dataset_num_proc=None, gradient_checkpointing=gradient_checkpointing)
+                  disable_tqdm=True, dataset_num_proc=None, gradient_checkpointing=gradient_checkpointing,
+                  completion_only_loss=True)  # every arm's rows are prompt-completion, or pretokenized with a mask
     if flexora:
         return FlexoraSFTConfig(**common, **flexora_opts)
     return SFTConfig(**common)

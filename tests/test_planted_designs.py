@@ -39,3 +39,9 @@ def test_the_damage_is_sized_to_the_target_kl(tiny_llama_dir):
     rows, teacher, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=0.002, max_new_tokens=8)
     assert len(rows) == len(prompts) and 0 < damage.fraction < 1
     assert teacher["measured_kl"] == pytest.approx(0.002, rel=0.25)
+    # the rows are what the base wrote: its end of sequence where it stopped, none where 8 new tokens cut it
+    for row in rows:
+        answer = [t for t, m in zip(row["input_ids"], row["completion_mask"]) if m]
+        stopped = tokenizer.eos_token_id in answer
+        assert (stopped and answer.index(tokenizer.eos_token_id) == len(answer) - 1) or len(answer) == 8
+    assert teacher["answers_cut_at_max_new_tokens"] == sum(tokenizer.eos_token_id not in r["input_ids"] for r in rows)
