@@ -37,7 +37,7 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_p
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGETS = {"qv": LORA["target_modules"], "all_linear": ALL_LINEAR}
 SPEED_BLOCKS = list(range(15, 30))  # the upper half: the fine-tune needs no backward below block 15
-PLANTED_DESIGNS = ("greedy", "sampled", "principal", "repair")  # benchmarks.planted.planted_rows builds each
+PLANTED_DESIGNS = ("greedy", "sampled", "principal", "repair")  # built by benchmarks.planted.planted_rows
 TASKS = ["hyperbaton", "intent_recognition", "reasoning_about_colored_objects", "instructions"]
 
 # learn: all-block LoRA clearly beats zero-shot. overfit: a small training set over many epochs, where all-block LoRA's
