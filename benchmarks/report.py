@@ -222,12 +222,16 @@ def planted_table(results) -> list[str]:
     if not results.get("planted"):
         return []
     lines = ["| LoRA on | score | planted | selected | precision | top-k by score | top-k precision | chance | "
-             "teacher answers != base | search s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "teacher's change | search s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results["planted"], key=lambda r: (r["targets"], r["planted_set"])):
+        teacher = r["teacher"]  # greedy: how many answers it changed; the sampled designs: its KL where answers go
+        change = (f"{teacher['fraction_answers_differing_from_base']:.2f} of answers"
+                  if "fraction_answers_differing_from_base" in teacher
+                  else f"KL {teacher['measured_kl']:.3f} ({teacher['design']})")
         lines.append(f"| {r['targets']} | {r.get('selection_score') or 'gate'} | {r['planted_blocks']} | "
                      f"{r['selected_layers']} | {r['precision']:.2f} | "
                      f"{r['topk_selected']} | {r['topk_precision']:.2f} | {r['chance_precision']:.2f} | "
-                     f"{r['teacher']['fraction_answers_differing_from_base']:.2f} | {r['search_seconds']:.1f} |")
+                     f"{change} | {r['search_seconds']:.1f} |")
     return lines
 
 
