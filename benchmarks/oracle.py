@@ -123,8 +123,7 @@ def main(argv=None):
     val = batches(tokenizer, rows[192:], max_length=max_length or 64)
     energy = gradient_at_base(model_dir, lora, train, student)
     blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else list(range(NUM_BLOCKS))
-    start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr,
-                                           student)
+    start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr, student)
 
     def precision(scores):
         top = sorted(scores, key=lambda b: (-scores[b], b))[: len(planted)]

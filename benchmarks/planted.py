@@ -33,24 +33,28 @@ def _unchanged(model):
     return model
 
 
-@torch.no_grad()
-def _generate(model, tokenizer, prompts, max_new_tokens, batch_size=32, **sampling):
-    """Greedy continuations of the prompts (or sampled ones, with `sampling` passed on to `generate`)."""
+def _generated(model, tokenizer, prompts, max_new_tokens, batch_size=32, **sampling):
+    """Per batch of prompts (left-padded, as `generate` needs): the tokenized batch and the generated tokens after it
+    (greedy, or sampled with `sampling` passed on to `generate`)."""
     tokenizer.padding_side = "left"
-    outputs = []
     try:
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                       **(sampling or {"do_sample": False}))
-            outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            with torch.no_grad():
+                generated = model.generate(**batch, max_new_tokens=max_new_tokens,
+                                           pad_token_id=tokenizer.pad_token_id, **(sampling or {"do_sample": False}))
+            yield batch, generated[:, batch["input_ids"].shape[1] :]
     finally:
         tokenizer.padding_side = "right"
-    return outputs
 
 
-@torch.no_grad()
-def sampled_rows(model, tokenizer, prompts, max_new_tokens, seed, batch_size=32):
+def _generate(model, tokenizer, prompts, max_new_tokens):
+    """Greedy continuations of the prompts, as text."""
+    return [text for _, new in _generated(model, tokenizer, prompts, max_new_tokens)
+            for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def sampled_rows(model, tokenizer, prompts, max_new_tokens, seed):
     """Pretokenized rows (`input_ids`, `completion_mask`) of the model's continuations sampled at temperature 1, as
     it wrote them: with its end-of-sequence token where it stopped and none where `max_new_tokens` cut it.
 
@@ -60,21 +64,14 @@ def sampled_rows(model, tokenizer, prompts, max_new_tokens, seed, batch_size=32)
     stops = model.generation_config.eos_token_id or tokenizer.eos_token_id
     stops = set(stops if isinstance(stops, list) else [stops])
     torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
     rows = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
-            width = batch["input_ids"].shape[1]
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                       do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
-            for mask, ids in zip(batch["attention_mask"], generated.tolist()):
-                prompt, answer = [t for t, m in zip(ids[:width], mask) if m], ids[width:]
-                end = next((i for i, token in enumerate(answer) if token in stops), None)
-                answer = answer if end is None else answer[: end + 1]
-                rows.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
-    finally:
-        tokenizer.padding_side = "right"
+    for batch, new in _generated(model, tokenizer, prompts, max_new_tokens, do_sample=True, temperature=1.0,
+                                 top_k=0, top_p=1.0):
+        for ids, mask, answer in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), new.tolist()):
+            prompt = [token for token, real in zip(ids, mask) if real]
+            end = next((i for i, token in enumerate(answer) if token in stops), None)
+            answer = answer if end is None else answer[: end + 1]
+            rows.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
     return rows
 
 

@@ -84,6 +84,12 @@ class SelectionRecord:
             search_seconds=round(result.seconds, 3), **given,
         )
 
+    @property
+    def continues_search(self) -> bool:
+        """`search_warm_start` after a search: the fine-tune starts from the search's LoRA and counts its steps (a
+        resumed run reads this from the interrupted run's record)."""
+        return bool(self.options.get("search_warm_start") and self.source == "search" and self.search_inner_steps)
+
     def finetuned(self, seconds: float) -> None:
         self.finetune_seconds = round(seconds, 3)
         if self.search_seconds:

@@ -79,8 +79,7 @@ class FlexoraTrainerMixin:
         """With `search_warm_start` the fine-tune continues the search's training of the kept blocks, so the
         search's inner steps (one fine-tune step each) count toward the planned fine-tune: `max_steps` becomes the
         planned steps minus the search's, for this run and for a resumed one (its record says the same)."""
-        searched = record.source == "search" and record.search_inner_steps
-        if not (record.options.get("search_warm_start") and searched):
+        if not record.continues_search:
             yield
             return
         planned, given = self.flexora_planned_steps, self.args.max_steps
@@ -153,9 +152,8 @@ class FlexoraTrainerMixin:
         before = self.flexora_lora_params_all_blocks
         set_seed(self.args.seed)  # the fine-tune starts from the same RNG state whether or not a search ran
         name, user = self.flexora_user_adapter
-        warm = self.flexora_args.search_warm_start and record.source == "search" and record.gates
         lora_on_blocks(self.model, self.flexora_blocks, record.selected_layers, name, user,
-                       warm_gates=record.gates if warm else None)
+                       warm_gates=record.gates if record.continues_search else None)
         after = count_trainable(self.model)
         if record.lora_params_all_blocks is None:  # a resumed run keeps the interrupted run's counts
             record.lora_params_all_blocks, record.lora_params_selected = before, after

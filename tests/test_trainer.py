@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from flexora_trl.blocks import map_lora_blocks
 from flexora_trl.record import RECORD_NAME, SelectionRecord
-from tiny import flexora_trainer, lora_config
+from tiny import StopAfterStep, flexora_trainer, lora_config
 
 INPUT = torch.tensor([[5, 17, 42, 99, 7, 123, 64, 3]])
 
@@ -32,15 +32,6 @@ class LogCollector(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.logs.append(dict(logs or {}))
-
-
-class StopAfterStep(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def test_end_to_end_adapter_is_plain_peft_on_the_selection(tiny_llama_dir, chat_examples, tmp_path):

@@ -11,7 +11,7 @@ from flexora_trl.adapter import lora_on_blocks, swap_in_search_adapter
 from flexora_trl.blocks import map_lora_blocks
 from flexora_trl.gates import BlockGates
 from flexora_trl.record import SelectionRecord
-from tiny import flexora_trainer, lora_config
+from tiny import StopAfterStep, flexora_trainer, lora_config
 
 INPUT = torch.tensor([[5, 17, 42, 99, 7, 123, 64, 3]])
 
@@ -74,12 +74,8 @@ def test_a_resumed_warm_start_run_ends_where_the_whole_run_does(tiny_llama_dir, 
     whole.train()
     assert whole.state.global_step == 8 - 2
 
-    class StopAfterStep(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            control.should_training_stop = state.global_step >= 3
-
     interrupted = flexora_trainer(tiny_llama_dir, tmp_path / "cut", chat_examples, **settings)
-    interrupted.add_callback(StopAfterStep())
+    interrupted.add_callback(StopAfterStep(3))
     interrupted.train()
     assert os.path.isdir(tmp_path / "cut" / "checkpoint-3")
     resumed = flexora_trainer(tiny_llama_dir, tmp_path / "cut", chat_examples, **settings)

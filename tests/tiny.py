@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
+                          TrainerCallback)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -98,6 +99,17 @@ def flexora_trainer(model_dir, output_dir, examples, peft_config="default", eval
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         peft_config=lora_config() if peft_config == "default" else peft_config,
     )
+
+
+class StopAfterStep(TrainerCallback):
+    """Ends training after optimizer step `step`, as if the run died there (for resume tests)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
 
 
 def float64_cross_entropy(outputs, labels, num_items_in_batch=None):
