@@ -221,16 +221,21 @@ def budget_table(results) -> list[str]:
 def planted_table(results) -> list[str]:
     if not results.get("planted"):
         return []
-    lines = ["| LoRA on | score | planted | selected | precision | top-k by score | top-k precision | chance | "
-             "teacher's change | search s |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(results["planted"], key=lambda r: (r["targets"], r["planted_set"])):
+    lines = ["| LoRA on | seed | score | planted | selected | precision | top-k by score | top-k precision | "
+             "top-k precision by alpha | chance | teacher's change | search s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results["planted"], key=lambda r: (r["targets"], r["planted_set"], r["seed"])):
         teacher = r["teacher"]  # greedy: how many answers it changed; the sampled designs: its KL where answers go
         change = (f"{teacher['fraction_answers_differing_from_base']:.2f} of answers"
                   if "fraction_answers_differing_from_base" in teacher
                   else f"KL {teacher['measured_kl']:.3f} ({teacher['design']})")
-        lines.append(f"| {r['targets']} | {r.get('selection_score') or 'gate'} | {r['planted_blocks']} | "
+        score = r.get("selection_score") or "gate"
+        # The gate's ranking in the same search (results older than the key have it only when the score is the gate).
+        by_alpha = r.get("gate_topk_precision", r["topk_precision"] if score == "gate" else None)
+        lines.append(f"| {r['targets']} | {r['seed']} | {score} | {r['planted_blocks']} | "
                      f"{r['selected_layers']} | {r['precision']:.2f} | "
-                     f"{r['topk_selected']} | {r['topk_precision']:.2f} | {r['chance_precision']:.2f} | "
+                     f"{r['topk_selected']} | {r['topk_precision']:.2f} | "
+                     f"{'-' if by_alpha is None else f'{by_alpha:.2f}'} | {r['chance_precision']:.2f} | "
                      f"{change} | {r['search_seconds']:.1f} |")
     return lines
 

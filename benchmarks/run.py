@@ -84,8 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--profile", choices=sorted(PROFILES), default="full")
     p.add_argument("--quick", action="store_true", help="same as --profile quick")
     p.add_argument("--seeds", help="comma-separated training seeds (default: the profile's)")
-    p.add_argument("--planted", help="comma-separated planted sets as set:targets, e.g. 3:qv,4:all_linear (default: "
-                                     "the profile's); sets are drawn from their number, so new numbers are new sets")
+    p.add_argument("--planted", help="comma-separated planted sets as set:targets[:seed], e.g. 3:qv,4:all_linear:1 "
+                                     "(default: the profile's; seed = the training seed, default 0); sets are drawn "
+                                     "from their number, so new numbers are new sets")
     p.add_argument("--budget-task", help="the task of the search-budget study (default: the profile's); any "
                                          "multiple-choice BIG-bench task in the local cache with enough examples")
     p.add_argument("--budgets", help="comma-separated search sizes of the budget study, in samples (default: the "
@@ -134,7 +135,7 @@ def profile_of(args) -> dict:
     if args.long_task and profile.get("long"):
         profile["long"] = {**profile["long"], "task": args.long_task}
     if args.planted:
-        profile["planted"] = [(int(number), targets) for number, targets in
+        profile["planted"] = [(int(number), targets, *map(int, seed)) for number, targets, *seed in
                               (spec.split(":") for spec in args.planted.split(","))]
     return profile
 
@@ -344,7 +345,7 @@ class Harness:
         runs.append(self.regime_run(f"{base}/flexora_linear/{seed}", task_name, regime, seed, "flexora_linear",
                                     targets="all_linear", flexora_opts=self.flexora_opts(**search)))
 
-    def planted(self, set_seed, targets):
+    def planted(self, set_seed, targets, seed=0):
         """Teacher = SmolLM2 + a random LoRA delta on drawn blocks (the student's LoRA targets), or SmolLM2 itself for
         a student damaged there (`repair`); it answers prompts and the search runs on (prompt, teacher answer) pairs.
         Precision of the selection and of the top-k."""
@@ -360,17 +361,24 @@ class Harness:
                                                           self.tokenizer, prompts, blocks, lora, targets, set_seed)
         gen_seconds = time.perf_counter() - start
         opts = self.flexora_opts(search_samples=p["planted_samples"], search_holdout_samples=len(prompts) // 4)
-        result = self.train_and_eval(f"planted/{set_seed}/{targets}", None, 0, "planted", flexora_opts=opts,
+        key = f"planted/{set_seed}/{targets}" + (f"/{seed}" if seed else "")
+        result = self.train_and_eval(key, None, seed, "planted", flexora_opts=opts,
                                      train_rows=rows, max_steps=1, evaluate=False, targets=targets,
                                      max_length=max_length, model=student(load_base(self.model_dir)))
         selected, planted = set(result["selected_layers"]), set(blocks)
-        scores = {int(b): a for b, a in (result["scores"] or result["alpha"]).items()}  # by `selection_score`
-        top = set(sorted(scores, key=lambda b: (-scores[b], b))[: len(planted)])
+
+        def top(scores):  # the planted count of highest scores
+            return set(sorted(scores, key=lambda b: (-scores[b], int(b)))[: len(planted)])
+
+        by_score = {int(b) for b in top(result["scores"] or result["alpha"])}  # by `selection_score`
+        by_alpha = {int(b) for b in top(result["alpha"])}  # the gate's ranking in the same search, to compare
         result.update(planted_blocks=blocks, planted_set=set_seed, teacher=teacher,
                       teacher_gen_seconds=round(gen_seconds, 1),
                       precision=len(selected & planted) / max(1, len(selected)),
-                      recall=len(selected & planted) / len(planted), topk_selected=sorted(top),
-                      topk_precision=len(top & planted) / len(planted), chance_precision=len(planted) / NUM_BLOCKS)
+                      recall=len(selected & planted) / len(planted), topk_selected=sorted(by_score),
+                      topk_precision=len(by_score & planted) / len(planted),
+                      gate_topk_precision=len(by_alpha & planted) / len(planted),
+                      chance_precision=len(planted) / NUM_BLOCKS)
         self.results["planted"].append(result)
 
     def budget(self, samples):
