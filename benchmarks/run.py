@@ -94,6 +94,8 @@ def parse_args(argv=None):
     p.add_argument("--long-task", help="the task of the long run (default: the profile's); any multiple-choice "
                                        "BIG-bench task in the local cache with enough examples, e.g. one none of the "
                                        "other parts uses")
+    p.add_argument("--long-steps", type=int, help="fine-tune steps of the long run (default: the profile's); the "
+                                                  "training set grows with them (steps x batch examples)")
     p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="greedy",
                    help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
                         "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
@@ -134,6 +136,8 @@ def profile_of(args) -> dict:
         profile["budgets"] = [int(b) for b in args.budgets.split(",")]
     if args.long_task and profile.get("long"):
         profile["long"] = {**profile["long"], "task": args.long_task}
+    if args.long_steps and profile.get("long"):
+        profile["long"] = {**profile["long"], "steps": args.long_steps}
     if args.planted:
         profile["planted"] = [(int(number), targets, *map(int, seed)) for number, targets, *seed in
                               (spec.split(":") for spec in args.planted.split(","))]
