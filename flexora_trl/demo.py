@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m flexora_trl.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the adapter and the selection go")
     parser.add_argument("--overwrite", action="store_true", help="replace the output of an earlier demo run")
-    parser.add_argument("--max-steps", type=int, default=40, help="optimizer steps of the fine-tune")
+    parser.add_argument("--max-steps", type=int, default=80, help="optimizer steps of the fine-tune (80: about half an "
+                        "epoch, long enough that the 8-step search stays under a quarter of it)")
     parser.add_argument("--search-samples", type=int, default=64, help="training examples the search sees")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=42)
