@@ -286,6 +286,7 @@ class Harness:
         if record:
             result.update(alpha=record.get("alpha"), scores=record.get("scores"),
                           score_stderr=record.get("score_stderr"), selection_score=record.get("selection_score"),
+                          score_seconds=record.get("score_seconds"),
                           score_separation=record.get("score_separation"),
                           lora_params_all_blocks=record["lora_params_all_blocks"],
                           search_inner_steps=record.get("search_inner_steps"),

@@ -62,6 +62,7 @@ class SelectionRecord:
     search_settled_at: int | None = None
     search_stopped_early: str | None = None
     search_seconds: float = 0.0
+    score_seconds: float | None = None  # the part of search_seconds the score took after the search (ablation)
     # The fine-tune, once it has run.
     finetune_seconds: float | None = None
     search_share: float | None = None
@@ -81,7 +82,7 @@ class SelectionRecord:
             search_samples=plan.samples, search_plan=plan.as_dict(), search_inner_steps=result.inner_steps,
             search_outer_steps=result.outer_steps, search_warmup_steps=result.warmup_steps,
             search_settled_at=result.settled_at, search_stopped_early=result.stopped_early,
-            search_seconds=round(result.seconds, 3), **given,
+            search_seconds=round(result.seconds, 3), score_seconds=round(result.score_seconds, 3), **given,
         )
 
     @property

@@ -33,7 +33,8 @@ class SearchResult:
     inner_steps: int = 0
     outer_steps: int = 0
     warmup_steps: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole search, its score included
+    score_seconds: float = 0.0  # the score's own part (the ablation's forward passes; ~0 for the others)
     stopped_early: str | None = None
     settled_at: int | None = None  # the inner step after which the selection stopped changing (`search_patience`)
     scores: dict[int, float] = field(default_factory=dict)  # by `selection_score`; alpha for the gate score
@@ -181,8 +182,10 @@ class GateSearch:
                 break
         progress.close()
         if result.trajectory:
+            score_start = time.perf_counter()
             scores = self.score.result(self, result.trajectory, val_loader)
             result.scores, result.score_stderr = scores.scores, scores.stderr
+            result.score_seconds = time.perf_counter() - score_start
         result.seconds = time.perf_counter() - start
         result.alpha = self.gates.as_dict()
         result.gates = dict(zip(self.gates.blocks, self.gates.values().detach().cpu().tolist()))

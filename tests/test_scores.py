@@ -1,6 +1,7 @@
 """The selection scores (`selection_score`): the taylor score is the mask's gradient (checked against central finite
-differences in float64), the ablation score the loss measured with one block's LoRA off, the gate warm-up takes
-inner steps only, and every score reaches the record with its spread and the separation of kept and dropped blocks."""
+differences in float64), the ablation score the loss measured with one block's LoRA off (the blocks below it
+replayed, not run), the gate warm-up takes inner steps only, and every score reaches the record with its spread and
+the separation of kept and dropped blocks."""
 
 import contextlib
 import itertools
@@ -80,6 +81,23 @@ def test_ablation_score_is_the_loss_with_the_block_switched_off(trained_search):
     assert float(search.gates.mask.min()) == 1.0  # every block switched back on
 
 
+@pytest.mark.parametrize("trained_search", ["ablation"], indirect=True)
+def test_ablation_runs_only_the_blocks_a_switch_can_change(trained_search):
+    """Block i runs once per batch for the full pass and once for each switched-off block at or below it; the blocks
+    below replay their outputs (the scores staying the measured losses is the test above)."""
+    search, val_loader = trained_search
+    stack = search.model.get_submodule(search.trainer.flexora_blocks.stack)
+    runs = [0] * len(stack)
+    handles = [block.mlp.register_forward_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1))
+               for i, block in enumerate(stack)]
+    AblationScore().result(search, [], val_loader)
+    for handle in handles:
+        handle.remove()
+    batches = search.options.score_val_batches
+    assert runs == [batches * (1 + sum(b <= i for b in search.gates.blocks)) for i in range(len(stack))]
+    assert all("forward" not in vars(block) for block in stack)  # every block computes again after
+
+
 def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_dir, chat_examples, tmp_path):
     """A block's effect on the loss can be below bf16's resolution: a bf16 run's ablation must still match the
     float32 loss differences, not bf16-rounded ones."""
@@ -123,6 +141,7 @@ def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir,
     expected = sorted(b for b, v in scores.items() if v > 0) or [max(scores, key=scores.get)]
     assert record.selected_layers == expected
     assert isinstance(record.score_separation["separated"], bool)
+    assert 0 <= record.score_seconds < record.search_seconds  # what the score took, apart from the steps
 
 
 def test_separation_compares_the_boundary_with_its_noise():
