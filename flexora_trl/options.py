@@ -95,12 +95,14 @@ class FlexoraArguments:
                   "of how much the validation loss rises when the block's LoRA is switched off (`positive` keeps "
                   "blocks whose removal would raise it); `ablation` = that rise measured after the search, with one "
                   "block's LoRA switched off at a time on `score_val_batches` validation batches (forward passes "
-                  "only; `positive` keeps blocks whose removal raises the validation loss)."},
+                  "only; `positive` keeps blocks whose removal raises the validation loss); `final_taylor` = the "
+                  "taylor term taken after the search on those batches, at the final LoRA: ablation's first-order "
+                  "estimate for one forward and backward pass per batch."},
     )
     score_val_batches: int = field(
         default=8,
-        metadata={"help": "Validation micro-batches the `ablation` score measures every block on (the same batches "
-                  "for every block, so the differences are paired)."},
+        metadata={"help": "Validation micro-batches the `ablation` and `final_taylor` scores measure every block on "
+                  "(the same batches for every block, so the differences are paired)."},
     )
     hypergradient: str = field(
         default="first_order",
@@ -157,9 +159,9 @@ class FlexoraArguments:
         _check_int(self, "search_holdout_samples", minimum=1)
         _check_int(self, "search_val_batches", minimum=1)
         _check_int(self, "search_patience", minimum=1, optional=True)
-        if self.search_patience is not None and self.selection_score == "ablation":
+        if self.search_patience is not None and self.selection_score in ("ablation", "final_taylor"):
             raise ValueError("`search_patience` needs a score that exists during the search ('gate' or 'taylor'); "
-                             "the 'ablation' score is measured after it.")
+                             f"the {self.selection_score!r} score is measured after it.")
         _check_int(self, "search_outer_every", minimum=1)
         _check_positive_float(self, "search_learning_rate", optional=True)
         _check_positive_float(self, "gate_lr")

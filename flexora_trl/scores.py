@@ -122,6 +122,29 @@ class AblationScore(GateScore):
         return summarise(search.gates.blocks, list(rises), search.trainer)
 
 
+class FinalTaylorScore(AblationScore):
+    """After the search, on the same batches as `ablation`: -d L_val / d mask_l at mask = 1, i.e. the taylor term at
+    the final LoRA instead of averaged over the search. The first-order estimate of the ablation's loss rise, for one
+    forward and backward pass per batch instead of one forward pass per block."""
+
+    name = "final_taylor"
+
+    def result(self, search, trajectory, val_loader) -> BlockScores:
+        batches = list(itertools.islice(itertools.cycle(val_loader), search.options.score_val_batches))
+        was_training = search.model.training
+        search.model.eval()
+        samples = []
+        try:
+            with search.gates.mask_gradient(), search.lora_frozen():
+                for batch in batches:
+                    loss = search.loss(batch, autocast=False)
+                    (gradient,) = torch.autograd.grad(loss, search.gates.mask)
+                    samples.append(-gradient.detach().double())
+        finally:
+            search.model.train(was_training)
+        return summarise(search.gates.blocks, samples, search.trainer)
+
+
 class Replay:
     """Blocks of a stack that return what they returned in a recorded forward pass instead of running again."""
 
@@ -167,7 +190,7 @@ def _recorded(output, *args, **kwargs):
     return output
 
 
-SCORES = {score.name: score for score in (GateScore, TaylorScore, AblationScore)}
+SCORES = {score.name: score for score in (GateScore, TaylorScore, AblationScore, FinalTaylorScore)}
 
 
 def get_score(name: str):

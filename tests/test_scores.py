@@ -11,7 +11,7 @@ import torch
 
 from flexora_trl.gates import BlockGates
 from flexora_trl.hypergradient import FirstOrder
-from flexora_trl.scores import AblationScore, TaylorScore
+from flexora_trl.scores import AblationScore, FinalTaylorScore, TaylorScore
 from flexora_trl.search import GateSearch
 from flexora_trl.search_data import search_dataloaders
 from flexora_trl.selection import separation
@@ -51,6 +51,25 @@ def test_taylor_score_is_minus_the_mask_gradient(trained_search):
                 mask[position] -= sign * 1e-5
         assert float(sample[position]) == pytest.approx(-(values[0] - values[1]) / 2e-5, rel=1e-4, abs=1e-9)
     assert mask.grad is None and not mask.requires_grad  # nothing left behind for the inner steps
+
+
+@pytest.mark.parametrize("trained_search", ["final_taylor"], indirect=True)
+def test_final_taylor_is_minus_the_mask_gradient_at_the_final_lora(trained_search):
+    search, val_loader = trained_search
+    result = FinalTaylorScore().result(search, [], val_loader)
+    batches = list(val_loader)[:2]
+    mask = search.gates.mask
+    for position, block in enumerate(search.gates.blocks):
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                mask[position] += sign * 1e-5
+            values.append(_val_loss(search, batches) / len(batches))
+            with torch.no_grad():
+                mask[position] -= sign * 1e-5
+        assert result.scores[block] == pytest.approx(-(values[0] - values[1]) / 2e-5, rel=1e-4, abs=1e-9)
+    assert mask.grad is None and not mask.requires_grad
+    assert all(param.requires_grad and param.grad is None for param in search.lora_params)
 
 
 @contextlib.contextmanager
@@ -122,7 +141,7 @@ def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_d
     search.gates.remove()
 
 
-@pytest.mark.parametrize("score", ["gate", "taylor", "ablation"])
+@pytest.mark.parametrize("score", ["gate", "taylor", "ablation", "final_taylor"])
 def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir, chat_examples, tmp_path):
     trainer = flexora_trainer(
         tiny_llama_dir, tmp_path / score, chat_examples[:48], selection_score=score, gate_warmup_fraction=0.5,
