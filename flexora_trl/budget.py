@@ -4,7 +4,8 @@ The cost model counts training samples through a forward and backward pass, the 
 an inner step costs one fine-tune step (the same batch through the same model), an outer step adds its validation
 micro-batches (`search_val_batches` x `per_device_eval_batch_size`) every `search_outer_every` inner steps, and the
 unrolled hypergradient differentiates through `unroll_steps` look-ahead updates with their second-order terms
-(counted as 3 passes each). The benchmark checks the model against measured seconds per sample.
+(counted as 3 passes each). The benchmark checks the model against measured seconds per sample. A score measured
+after the search (`final_taylor`, `ablation`) adds a fixed cost, counted in the budget too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ logger = logging.getLogger(__name__)
 # the benchmark's budget study is what should set it.
 MIN_SEARCH_STEPS = 32
 
+# What a score taken after the search costs per validation micro-batch of the training batch's size, in fine-tune
+# steps. Measured on SmolLM2 trained in bf16 on a CPU, where the score runs in float32 (outside autocast) and costs
+# about twice a bf16 pass (benchmarks/README.md, "Selection variants tried"): `final_taylor`, one forward and backward
+# pass, 1.6; `ablation`, the full pass 0.7 and each candidate block's pass from that block up 0.4 (the blocks below
+# replayed). A float32 run pays about half of that, so there the estimate is on the safe side.
+SCORE_STEP_COST = {"final_taylor": (1.6, 0.0), "ablation": (0.7, 0.4)}  # (per batch, per candidate and batch)
+
 
 @dataclass
 class SearchPlan:
@@ -28,6 +36,7 @@ class SearchPlan:
     samples: int  # distinct training examples in the search subset (cycled when the steps need more)
     finetune_steps: int  # the planned fine-tune's optimizer steps
     step_cost: float  # one inner step and its share of outer steps, in fine-tune steps
+    score_cost: float  # the score after the search (final_taylor, ablation), in fine-tune steps; 0 for the others
     estimated_share: float  # search / fine-tune, estimated
     sized_by: str  # "search_steps", "search_samples", "search_budget" or "floor"
 
@@ -49,22 +58,30 @@ def inner_step_cost(options, args) -> float:
     return 1.0 + outer / train
 
 
-def plan_search(options, args, planned: int, available: int) -> SearchPlan:
-    """Inner steps and samples of the search, before a fine-tune of `planned` optimizer steps. Explicit
-    `search_steps` or `search_samples` win; otherwise the steps that cost `search_budget` of the planned fine-tune,
-    and never fewer than MIN_SEARCH_STEPS."""
+def score_cost(options, args, candidates: int) -> float:
+    """The score's own cost after the search, in fine-tune steps (SCORE_STEP_COST)."""
+    per_batch, per_candidate = SCORE_STEP_COST.get(options.selection_score, (0.0, 0.0))
+    batches = options.score_val_batches * args.per_device_eval_batch_size / (
+        args.per_device_train_batch_size * args.gradient_accumulation_steps)
+    return batches * (per_batch + per_candidate * candidates)
+
+
+def plan_search(options, args, planned: int, available: int, candidates: int) -> SearchPlan:
+    """Inner steps and samples of the search over `candidates` blocks, before a fine-tune of `planned` optimizer
+    steps. Explicit `search_steps` or `search_samples` win; otherwise the steps that, with the score, cost
+    `search_budget` of the planned fine-tune, and never fewer than MIN_SEARCH_STEPS."""
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    cost = inner_step_cost(options, args)
+    cost, score = inner_step_cost(options, args), score_cost(options, args, candidates)
     if options.search_steps is not None:
         steps, sized_by = options.search_steps, "search_steps"
     elif options.search_samples is not None:
         steps, sized_by = max(1, math.ceil(min(options.search_samples, available) / per_step)), "search_samples"
     else:
-        steps, sized_by = int(options.search_budget * planned / cost), "search_budget"
+        steps, sized_by = int((options.search_budget * planned - score) / cost), "search_budget"
         if steps < MIN_SEARCH_STEPS:
             steps, sized_by = MIN_SEARCH_STEPS, "floor"
     samples = min(options.search_samples or steps * per_step, available)
-    return _plan(options, steps, samples, planned, cost, sized_by)
+    return _plan(options, steps, samples, planned, cost, score, sized_by)
 
 
 def one_pass(plan: SearchPlan, options, loader_batches: int, accumulation: int) -> SearchPlan:
@@ -73,22 +90,24 @@ def one_pass(plan: SearchPlan, options, loader_batches: int, accumulation: int) 
     if plan.sized_by != "search_samples":
         return plan
     steps = max(1, math.ceil(loader_batches / accumulation))
-    return _plan(options, steps, plan.samples, plan.finetune_steps, plan.step_cost, plan.sized_by)
+    return _plan(options, steps, plan.samples, plan.finetune_steps, plan.step_cost, plan.score_cost, plan.sized_by)
 
 
-def _plan(options, steps, samples, planned, cost, sized_by) -> SearchPlan:
+def _plan(options, steps, samples, planned, cost, score, sized_by) -> SearchPlan:
     outer = (steps - gate_warmup_steps(options.gate_warmup_fraction, steps)) // options.search_outer_every
-    return SearchPlan(steps, outer, samples, planned, cost, steps * cost / planned, sized_by)
+    return SearchPlan(steps, outer, samples, planned, cost, score, (steps * cost + score) / planned, sized_by)
 
 
 def announce(plan: SearchPlan, blocks: list[int], budget: float) -> None:
     """The pre-flight line: what the search will do and what share of the run it is estimated to take."""
+    score = f", then the score (about {plan.score_cost:.0f} fine-tune steps)" if plan.score_cost else ""
     logger.info(
-        "Flexora: searching %d candidate blocks with %d inner + %d outer steps on %d training samples; estimated "
+        "Flexora: searching %d candidate blocks with %d inner + %d outer steps on %d training samples%s; estimated "
         "%.1f %% of the %d-step fine-tune (sized by %s).", len(blocks), plan.inner_steps, plan.outer_steps,
-        plan.samples, 100 * plan.estimated_share, plan.finetune_steps, plan.sized_by)
+        plan.samples, score, 100 * plan.estimated_share, plan.finetune_steps, plan.sized_by)
     if plan.sized_by == "floor":
         logger.warning(
-            "Flexora: the fine-tune is short: %d steps cost %.0f %% of it, over `search_budget`=%.0f %%, but fewer "
-            "than %d inner steps cannot select. Set `search_steps` to override.", plan.inner_steps,
+            "Flexora: the fine-tune is short: the search (%d inner steps) costs %.0f %% of it, over "
+            "`search_budget`=%.0f %%, but fewer than %d inner steps cannot select. Set `search_steps` to override.",
+            plan.inner_steps,
             100 * plan.estimated_share, 100 * budget, MIN_SEARCH_STEPS)

@@ -56,7 +56,8 @@ def search_plan(trainer) -> SearchPlan:
     train_size = dataset_length(trainer.train_dataset, "train_dataset")
     if train_size - held_out < 1:
         raise ValueError("The training set is empty: the search needs training examples.")
-    return plan_search(options, trainer.args, trainer.flexora_planned_steps, train_size - held_out)
+    return plan_search(options, trainer.args, trainer.flexora_planned_steps, train_size - held_out,
+                       len(trainer.flexora_blocks.blocks))
 
 
 def search_dataloaders(trainer, samples: int | None = None):

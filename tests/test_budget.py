@@ -24,9 +24,21 @@ def test_budget_sizes_the_search_from_max_steps(tmp_path):
     # an outer step = 16 validation samples = 2 inner steps
     options = FlexoraArguments(search_samples=None, search_val_batches=2)
     assert inner_step_cost(options, args) == pytest.approx(3.0)
-    plan = plan_search(options, args, planned=1000, available=49_800)
+    plan = plan_search(options, args, planned=1000, available=49_800, candidates=30)
     assert (plan.inner_steps, plan.samples, plan.sized_by) == (33, 33 * 8, "search_budget")
     assert plan.estimated_share == pytest.approx(33 * 3 / 1000) and plan.estimated_share <= 0.10
+
+
+@pytest.mark.parametrize("score, cost", [("gate", 0.0), ("taylor", 0.0), ("final_taylor", 8 * 1.6),
+                                         ("ablation", 8 * (0.7 + 0.4 * 30))])
+def test_a_score_taken_after_the_search_is_paid_from_the_budget(score, cost, tmp_path):
+    # 8 validation micro-batches of the training batch's size, 30 candidate blocks, a 5,000-step fine-tune
+    args = training_args(tmp_path, max_steps=5000)
+    options = FlexoraArguments(search_val_batches=2, selection_score=score, score_val_batches=8)
+    plan = plan_search(options, args, planned=5000, available=49_800, candidates=30)
+    assert plan.score_cost == pytest.approx(cost)
+    assert plan.inner_steps == int((500 - cost) / 3.0)
+    assert plan.estimated_share == pytest.approx((plan.inner_steps * 3.0 + cost) / 5000) and plan.estimated_share <= 0.1
 
 
 def test_budget_uses_the_trainers_own_step_count(tiny_llama_dir, chat_examples, tmp_path):
@@ -41,13 +53,13 @@ def test_budget_uses_the_trainers_own_step_count(tiny_llama_dir, chat_examples, 
     options = FlexoraArguments(search_samples=None, search_val_batches=1, search_budget=0.2)
     args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=2,
                            per_device_eval_batch_size=8)
-    plan = plan_search(options, args, planned=1875, available=9_800)
+    plan = plan_search(options, args, planned=1875, available=9_800, candidates=30)
     assert plan.inner_steps == int(0.2 * 1875 / 2.0) == 187
     assert plan.samples == 187 * 4 * 2 * 2
 
 
 def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, chat_examples):
-    plan = plan_search(FlexoraArguments(), training_args(tmp_path), 40, 4_800)  # the default options
+    plan = plan_search(FlexoraArguments(), training_args(tmp_path), 40, 4_800, 30)  # the default options
     assert (plan.inner_steps, plan.sized_by) == (MIN_SEARCH_STEPS, "floor")
     assert plan.estimated_share > 0.10
     trainer = flexora_trainer(tiny_llama_dir, tmp_path / "out", chat_examples[:48], search_samples=None,
@@ -64,7 +76,7 @@ def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, c
 @pytest.mark.parametrize("explicit, steps", [(dict(search_samples=100), 13), (dict(search_steps=7), 7),
                                              (dict(search_samples=100, search_steps=5), 5)])
 def test_explicit_budgets_win(explicit, steps, tmp_path):
-    plan = plan_search(FlexoraArguments(**explicit), training_args(tmp_path), 10_000, 49_800)
+    plan = plan_search(FlexoraArguments(**explicit), training_args(tmp_path), 10_000, 49_800, 30)
     assert plan.inner_steps == steps and plan.sized_by != "search_budget"
 
 

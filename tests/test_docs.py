@@ -46,7 +46,7 @@ def test_the_papers_configuration_gives_the_authors_search(tiny_llama_dir, chat_
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=paper["micro_batch_size"],
                              per_device_eval_batch_size=paper["eval_batch_size"],
                              gradient_accumulation_steps=paper["gradient_accumulation_steps"], use_cpu=True)
-    plan = plan_search(options, args, planned=1000, available=5000 - block["search_holdout_samples"])
+    plan = plan_search(options, args, planned=1000, available=5000 - block["search_holdout_samples"], candidates=32)
     assert (plan.inner_steps, plan.outer_steps, plan.samples) == (600, 600, 4800)
 
     scaled = dict(block, search_samples=24, search_holdout_samples=8)  # the tiny data's size; every other key as is
