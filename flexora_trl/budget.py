@@ -22,10 +22,10 @@ logger = logging.getLogger(__name__)
 MIN_SEARCH_STEPS = 32
 
 # What a score taken after the search costs per validation micro-batch of the training batch's size, in fine-tune
-# steps. Measured on SmolLM2 trained in bf16 on a CPU, where the score runs in float32 (outside autocast) and costs
-# about twice a bf16 pass (benchmarks/README.md, "Selection variants tried"): `final_taylor`, one forward and backward
-# pass, 1.6; `ablation`, the full pass 0.7 and each candidate block's pass from that block up 0.4 (the blocks below
-# replayed). A float32 run pays about half of that, so there the estimate is on the safe side.
+# steps. Measured on SmolLM2 trained in bf16 on a CPU, where the score runs in float32 (outside autocast) and so costs
+# more than a bf16 pass (benchmarks/README.md, "The four scores on the `repair` design"): `final_taylor`, one forward
+# and backward pass, 1.1-1.6; `ablation`, the full pass about 0.7 and each candidate block's pass from that block up
+# about 0.4 (the blocks below replayed). The upper ends, so a float32 run's estimate is on the safe side.
 SCORE_STEP_COST = {"final_taylor": (1.6, 0.0), "ablation": (0.7, 0.4)}  # (per batch, per candidate and batch)
 
 
