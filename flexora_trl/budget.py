@@ -109,5 +109,4 @@ def announce(plan: SearchPlan, blocks: list[int], budget: float) -> None:
         logger.warning(
             "Flexora: the fine-tune is short: the search (%d inner steps) costs %.0f %% of it, over "
             "`search_budget`=%.0f %%, but fewer than %d inner steps cannot select. Set `search_steps` to override.",
-            plan.inner_steps,
-            100 * plan.estimated_share, 100 * budget, MIN_SEARCH_STEPS)
+            plan.inner_steps, 100 * plan.estimated_share, 100 * budget, MIN_SEARCH_STEPS)

@@ -62,7 +62,7 @@ class SelectionRecord:
     search_settled_at: int | None = None
     search_stopped_early: str | None = None
     search_seconds: float = 0.0
-    score_seconds: float | None = None  # the part of search_seconds the score took after the search (ablation)
+    score_seconds: float | None = None  # the part of search_seconds the score took after the search
     # The fine-tune, once it has run.
     finetune_seconds: float | None = None
     search_share: float | None = None

@@ -1,11 +1,13 @@
-"""What ranks the blocks after the search (the `selection_score` option): `gate`, `taylor` or `ablation`.
+"""What ranks the blocks after the search (the `selection_score` option): `gate`, `taylor`, `ablation` or
+`final_taylor`.
 
 Every score gives each block a mean and a standard error over validation batches, so the selection can tell whether
-its kept and dropped blocks are apart beyond the noise. Why three: a gate's size is not the block's importance (Wang
-et al., ICLR 2021, "Rethinking architecture selection in differentiable NAS": the drop in validation quality when a
-candidate is removed ranks candidates better than its architecture weight); the first-order Taylor term of that
-removal is its cheap estimate (Molchanov et al., CVPR 2019), gathered for free on the outer steps' backward passes.
-Neither score is centred by a softmax, so `positive` keeps the blocks that help, not half of them by construction.
+its kept and dropped blocks are apart beyond the noise. Why more than the gate: a gate's size is not the block's
+importance (Wang et al., ICLR 2021, "Rethinking architecture selection in differentiable NAS": the drop in validation
+quality when a candidate is removed ranks candidates better than its architecture weight); the first-order Taylor term
+of that removal is its cheap estimate (Molchanov et al., CVPR 2019), gathered for free on the outer steps' backward
+passes (`taylor`) or taken once at the final LoRA (`final_taylor`). None of these is centred by a softmax, so
+`positive` keeps the blocks that help, not half of them by construction.
 """
 
 from __future__ import annotations
@@ -89,60 +91,62 @@ class TaylorScore(GateScore):
         return summarise(search.gates.blocks, self.samples, search.trainer)
 
 
-class AblationScore(GateScore):
-    """After the search: the validation loss with one block's LoRA switched off minus with all on, on the same
-    `score_val_batches` batches for every block (forward passes only). Switching off block l cannot change what the
-    blocks below l compute, so those replay their outputs from the batch's full pass (`Replay`): a block's pass costs
-    the blocks from l up and the head, about half a forward pass on average. Outside the mixed-precision autocast: a
+class AfterSearchScore(GateScore):
+    """A score measured once the search is over, at its final LoRA, on the validation loader's first
+    `score_val_batches` batches (repeated if it has fewer), with dropout off. Outside the mixed-precision autocast: a
     block's effect on the loss can be 1e-4, below bf16's resolution at a loss of 1 (measured on SmolLM2 under bf16
     autocast: every score a multiple of 6e-5)."""
-
-    name = "ablation"
 
     def current(self, search) -> dict[int, float] | None:
         return None
 
-    @torch.no_grad()
     def result(self, search, trajectory, val_loader) -> BlockScores:
-        # The loader's first batches, repeated if it has fewer than asked for.
         batches = list(itertools.islice(itertools.cycle(val_loader), search.options.score_val_batches))
-        replay = Replay(search.model.get_submodule(search.trainer.flexora_blocks.stack))
-        rises = torch.zeros(len(batches), len(search.gates.blocks), dtype=torch.float64)
         was_training = search.model.training
         search.model.eval()
         try:
-            for row, batch in enumerate(batches):
-                with replay.recording():
-                    base = float(search.loss(batch, autocast=False))
-                for position, block in enumerate(search.gates.blocks):
-                    with search.gates.switched_off(position), replay.below(block):
-                        rises[row, position] = float(search.loss(batch, autocast=False)) - base
+            return summarise(search.gates.blocks, self.per_batch(search, batches), search.trainer)
         finally:
             search.model.train(was_training)
-        return summarise(search.gates.blocks, list(rises), search.trainer)
+
+    def per_batch(self, search, batches) -> list[torch.Tensor]:
+        raise NotImplementedError
 
 
-class FinalTaylorScore(AblationScore):
-    """After the search, on the same batches as `ablation`: -d L_val / d mask_l at mask = 1, i.e. the taylor term at
-    the final LoRA instead of averaged over the search. The first-order estimate of the ablation's loss rise, for one
-    forward and backward pass per batch instead of one forward pass per block."""
+class AblationScore(AfterSearchScore):
+    """The validation loss with one block's LoRA switched off minus with all on, on the same batches for every block
+    (forward passes only). Switching off block l cannot change what the blocks below l compute, so those replay their
+    outputs from the batch's full pass (`Replay`): a block's pass costs the blocks from l up and the head."""
+
+    name = "ablation"
+
+    @torch.no_grad()
+    def per_batch(self, search, batches) -> list[torch.Tensor]:
+        replay = Replay(search.model.get_submodule(search.trainer.flexora_blocks.stack))
+        rises = torch.zeros(len(batches), len(search.gates.blocks), dtype=torch.float64)
+        for row, batch in enumerate(batches):
+            with replay.recording():
+                base = float(search.loss(batch, autocast=False))
+            for position, block in enumerate(search.gates.blocks):
+                with search.gates.switched_off(position), replay.below(block):
+                    rises[row, position] = float(search.loss(batch, autocast=False)) - base
+        return list(rises)
+
+
+class FinalTaylorScore(AfterSearchScore):
+    """-d L_val / d mask_l at mask = 1 at the final LoRA: the taylor term measured once instead of averaged over the
+    search, i.e. the first-order estimate of the ablation's loss rise, for one forward and backward pass per batch
+    instead of one forward pass per block."""
 
     name = "final_taylor"
 
-    def result(self, search, trajectory, val_loader) -> BlockScores:
-        batches = list(itertools.islice(itertools.cycle(val_loader), search.options.score_val_batches))
-        was_training = search.model.training
-        search.model.eval()
+    def per_batch(self, search, batches) -> list[torch.Tensor]:
         samples = []
-        try:
-            with search.gates.mask_gradient(), search.lora_frozen():
-                for batch in batches:
-                    loss = search.loss(batch, autocast=False)
-                    (gradient,) = torch.autograd.grad(loss, search.gates.mask)
-                    samples.append(-gradient.detach().double())
-        finally:
-            search.model.train(was_training)
-        return summarise(search.gates.blocks, samples, search.trainer)
+        with search.gates.mask_gradient(), search.lora_frozen():
+            for batch in batches:
+                (gradient,) = torch.autograd.grad(search.loss(batch, autocast=False), search.gates.mask)
+                samples.append(-gradient.detach().double())
+        return samples
 
 
 class Replay:
