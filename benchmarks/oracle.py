@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .planted import planted_rows
-from .run import LORA, NUM_BLOCKS, PLANTED_DESIGNS, TARGETS, load_base, planted_blocks
+from .run import LORA, NUM_BLOCKS, PLANTED_DESIGNS, TARGETS, highest, load_base, planted_blocks
 from .tasks import load_task
 
 OUT = Path(__file__).resolve().parent / "results" / "oracle"
@@ -126,8 +126,8 @@ def main(argv=None):
     start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr, student)
 
     def precision(scores):
-        top = sorted(scores, key=lambda b: (-scores[b], b))[: len(planted)]
-        return sorted(top), len(set(top) & set(planted)) / len(planted)
+        top = highest(scores, len(planted))
+        return top, len(set(top) & set(planted)) / len(planted)
 
     result = {"planted_set": int(number), "targets": targets, "design": args.design, "planted_blocks": planted,
               "teacher": teacher,

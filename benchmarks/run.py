@@ -175,6 +175,11 @@ def random_blocks(seed: int, draw: int, count: int) -> list[int]:
     return sorted(random.Random(10_000 * (draw + 1) + seed).sample(range(NUM_BLOCKS), count))
 
 
+def highest(scores: dict, count: int) -> list[int]:
+    """The `count` blocks with the highest scores, ties to the lower block (keys may be JSON's strings)."""
+    return sorted(int(b) for b in sorted(scores, key=lambda b: (-scores[b], int(b)))[:count])
+
+
 def planted_blocks(set_seed: int, count: int = 6) -> list[int]:
     """Planted sets are drawn, not chosen: a method tuned to one set would not find another."""
     return sorted(random.Random(1_000 + set_seed).sample(range(NUM_BLOCKS), count))
@@ -371,12 +376,8 @@ class Harness:
                                      train_rows=rows, max_steps=1, evaluate=False, targets=targets,
                                      max_length=max_length, model=student(load_base(self.model_dir)))
         selected, planted = set(result["selected_layers"]), set(blocks)
-
-        def top(scores):  # the planted count of highest scores
-            return set(sorted(scores, key=lambda b: (-scores[b], int(b)))[: len(planted)])
-
-        by_score = {int(b) for b in top(result["scores"] or result["alpha"])}  # by `selection_score`
-        by_alpha = {int(b) for b in top(result["alpha"])}  # the gate's ranking in the same search, to compare
+        by_score = set(highest(result["scores"] or result["alpha"], len(planted)))  # by `selection_score`
+        by_alpha = set(highest(result["alpha"], len(planted)))  # the gate's ranking in the same search, to compare
         result.update(planted_blocks=blocks, planted_set=set_seed, teacher=teacher,
                       teacher_gen_seconds=round(gen_seconds, 1),
                       precision=len(selected & planted) / max(1, len(selected)),

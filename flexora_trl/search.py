@@ -34,7 +34,7 @@ class SearchResult:
     outer_steps: int = 0
     warmup_steps: int = 0
     seconds: float = 0.0  # the whole search, its score included
-    score_seconds: float = 0.0  # the score's own part (the ablation's forward passes; ~0 for the others)
+    score_seconds: float = 0.0  # the score's own part (after the search for ablation and final_taylor; ~0 otherwise)
     stopped_early: str | None = None
     settled_at: int | None = None  # the inner step after which the selection stopped changing (`search_patience`)
     scores: dict[int, float] = field(default_factory=dict)  # by `selection_score`; alpha for the gate score

@@ -42,15 +42,20 @@ def test_taylor_score_is_minus_the_mask_gradient(trained_search):
     (sample,) = search.score.samples
     mask = search.gates.mask
     for position in range(mask.numel()):
-        values = []
-        for sign in (1, -1):
-            with torch.no_grad():
-                mask[position] += sign * 1e-5
-            values.append(_val_loss(search, val))
-            with torch.no_grad():
-                mask[position] -= sign * 1e-5
-        assert float(sample[position]) == pytest.approx(-(values[0] - values[1]) / 2e-5, rel=1e-4, abs=1e-9)
+        assert float(sample[position]) == pytest.approx(_minus_mask_slope(search, val, position), rel=1e-4, abs=1e-9)
     assert mask.grad is None and not mask.requires_grad  # nothing left behind for the inner steps
+
+
+def _minus_mask_slope(search, batches, position, step=1e-5) -> float:
+    """Minus the central difference, in mask[position], of the validation loss averaged over `batches`."""
+    mask, values = search.gates.mask, []
+    for sign in (1, -1):
+        with torch.no_grad():
+            mask[position] += sign * step
+        values.append(_val_loss(search, batches) / len(batches))
+        with torch.no_grad():
+            mask[position] -= sign * step
+    return -(values[0] - values[1]) / (2 * step)
 
 
 @pytest.mark.parametrize("trained_search", ["final_taylor"], indirect=True)
@@ -60,14 +65,7 @@ def test_final_taylor_is_minus_the_mask_gradient_at_the_final_lora(trained_searc
     batches = list(val_loader)[:2]
     mask = search.gates.mask
     for position, block in enumerate(search.gates.blocks):
-        values = []
-        for sign in (1, -1):
-            with torch.no_grad():
-                mask[position] += sign * 1e-5
-            values.append(_val_loss(search, batches) / len(batches))
-            with torch.no_grad():
-                mask[position] -= sign * 1e-5
-        assert result.scores[block] == pytest.approx(-(values[0] - values[1]) / 2e-5, rel=1e-4, abs=1e-9)
+        assert result.scores[block] == pytest.approx(_minus_mask_slope(search, batches, position), rel=1e-4, abs=1e-9)
     assert mask.grad is None and not mask.requires_grad
     assert all(param.requires_grad and param.grad is None for param in search.lora_params)
 
