@@ -87,6 +87,9 @@ def parse_args(argv=None):
     p.add_argument("--planted", help="comma-separated planted sets as set:targets[:seed], e.g. 3:qv,4:all_linear:1 "
                                      "(default: the profile's; seed = the training seed, default 0); sets are drawn "
                                      "from their number, so new numbers are new sets")
+    p.add_argument("--main", help="comma-separated task:regime pairs of the main part, e.g. winowhy:learn (default: "
+                                  "the profile's); any multiple-choice BIG-bench task in the local cache with enough "
+                                  "examples; an overfit pair on a task without a calibrated rate needs --learning-rate")
     p.add_argument("--budget-task", help="the task of the search-budget study (default: the profile's); any "
                                          "multiple-choice BIG-bench task in the local cache with enough examples")
     p.add_argument("--budgets", help="comma-separated search sizes of the budget study, in samples (default: the "
@@ -130,6 +133,15 @@ def profile_of(args) -> dict:
     profile["regimes"] = {name: {**regime, **overrides.get(name, {})} for name, regime in REGIMES.items()}
     if args.seeds:
         profile["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.main:
+        profile["main"] = [tuple(pair.split(":")) for pair in args.main.split(",")]
+        for task, regime in profile["main"]:
+            if regime not in REGIMES:
+                raise SystemExit(f"--main {task}:{regime}: the regime must be one of {sorted(REGIMES)}.")
+            rate = profile["regimes"][regime]["learning_rate"]
+            if isinstance(rate, dict) and task not in rate and args.learning_rate is None:
+                raise SystemExit(f"--main {task}:{regime}: the {regime} regime's learning rate is calibrated for "
+                                 f"{sorted(rate)} only; give one with --learning-rate.")
     if args.budget_task:
         profile["budget_task"] = args.budget_task
     if args.budgets:
@@ -306,7 +318,7 @@ class Harness:
     def regime_run(self, key, task_name, regime, seed, arm, **kwargs):
         r = self.profile["regimes"][regime]
         steps = dict(max_steps=r["max_steps"]) if "max_steps" in r else dict(epochs=r["epochs"])
-        lr = r["learning_rate"][task_name] if isinstance(r["learning_rate"], dict) else r["learning_rate"]
+        lr = r["learning_rate"].get(task_name) if isinstance(r["learning_rate"], dict) else r["learning_rate"]
         return self.train_and_eval(key, self.task(task_name, r["n_train"]), seed, arm, regime=regime, **steps,
                                    learning_rate=lr, **kwargs)
 
