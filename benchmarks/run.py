@@ -135,7 +135,10 @@ def profile_of(args) -> dict:
         profile["seeds"] = [int(s) for s in args.seeds.split(",")]
     if args.main:
         profile["main"] = [tuple(pair.split(":")) for pair in args.main.split(",")]
-        for task, regime in profile["main"]:
+        for pair in profile["main"]:
+            if len(pair) != 2:
+                raise SystemExit(f"--main {':'.join(pair)}: give task:regime pairs, e.g. winowhy:learn.")
+            task, regime = pair
             if regime not in REGIMES:
                 raise SystemExit(f"--main {task}:{regime}: the regime must be one of {sorted(REGIMES)}.")
             rate = profile["regimes"][regime]["learning_rate"]
