@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .planted import planted_rows
-from .run import LORA, NUM_BLOCKS, PLANTED_DESIGNS, TARGETS, highest, load_base, planted_blocks
+from .run import LORA, NUM_BLOCKS, PLANTED_DESIGNS, TARGETS, highest, load_base, offline_and_quiet, planted_blocks
 from .tasks import load_task
 
 OUT = Path(__file__).resolve().parent / "results" / "oracle"
@@ -87,6 +87,7 @@ def single_block_drops(model_dir, lora, train, val, blocks, steps, lr, student):
 
 
 def main(argv=None):
+    offline_and_quiet()
     p = argparse.ArgumentParser(prog="python -m benchmarks.oracle", description=__doc__.split("\n\n")[0])
     p.add_argument("--planted", default="3:qv", help="planted set and LoRA targets, as set:targets")
     p.add_argument("--blocks", default=None, help="comma-separated blocks (default: all)")

@@ -27,9 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+def offline_and_quiet():
+    """The benchmark's processes: no hub, no tokenizer threads, transformers' errors only. Set when a benchmark starts,
+    not on import, so that importing the harness (the tests do) leaves the environment of later subprocesses alone."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUM_BLOCKS = 30  # SmolLM2-135M
@@ -557,6 +562,7 @@ def _cpu_name():
 def main(argv=None):
     import multiprocessing
 
+    offline_and_quiet()  # before the workers are spawned: they inherit it
     args = parse_args(argv)
     profile = profile_of(args)
     parts = set(args.parts.split(",")) if args.parts else {"main", "linear", "planted", "budget", "long", "speed"}

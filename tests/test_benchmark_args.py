@@ -1,7 +1,12 @@
 """The benchmark's command line: other tasks than the profile's for the main part, refused before any job runs when
-a regime cannot run them."""
+a regime cannot run them; and importing the harness changes nothing for the tests after."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +30,15 @@ def test_an_unknown_regime_or_a_bare_task_is_refused_with_what_is_accepted():
         profile_of(parse_args(["--profile", "dev", "--main", "winowhy:memorise"]))
     with pytest.raises(SystemExit, match=r"--main winowhy: give task:regime pairs"):
         profile_of(parse_args(["--profile", "dev", "--main", "winowhy"]))
+
+
+def test_importing_the_harness_leaves_the_environment_alone():
+    """The benchmark sets TRANSFORMERS_VERBOSITY and the offline flags when it starts; on import it did, and every
+    `axolotl train` a later test ran inherited them (its progress bars switched off)."""
+    code = ("import os; before = dict(os.environ); import benchmarks.run, benchmarks.oracle; "
+            "print(dict(os.environ) == before)")
+    set_by_the_harness = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY")
+    env = {key: value for key, value in os.environ.items() if key not in set_by_the_harness}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "True"
