@@ -104,6 +104,9 @@ def parse_args(argv=None):
                                        "other parts uses")
     p.add_argument("--long-steps", type=int, help="fine-tune steps of the long run (default: the profile's); the "
                                                   "training set grows with them (steps x batch examples)")
+    p.add_argument("--learn-steps", type=int, help="fine-tune steps of the learn regime (default: the profile's); "
+                                                   "the same training set and search, so the same blocks, trained "
+                                                   "longer")
     p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="greedy",
                    help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
                         "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
@@ -150,6 +153,8 @@ def profile_of(args) -> dict:
             if isinstance(rate, dict) and task not in rate and args.learning_rate is None:
                 raise SystemExit(f"--main {task}:{regime}: the {regime} regime's learning rate is calibrated for "
                                  f"{sorted(rate)} only; give one with --learning-rate.")
+    if args.learn_steps:
+        profile["regimes"]["learn"] = {**profile["regimes"]["learn"], "max_steps": args.learn_steps}
     if args.budget_task:
         profile["budget_task"] = args.budget_task
     if args.budgets:

@@ -25,6 +25,13 @@ def test_an_uncalibrated_overfit_task_needs_a_learning_rate():
     assert profile["main"] == [("winowhy", "overfit")]
 
 
+def test_learn_steps_lengthen_the_learn_regime_only():
+    profile = profile_of(parse_args(["--profile", "dev", "--learn-steps", "120"]))
+    assert profile["regimes"]["learn"]["max_steps"] == 120
+    assert profile["regimes"]["overfit"]["epochs"] == 8
+    assert profile_of(parse_args(["--profile", "dev"]))["regimes"]["learn"]["max_steps"] == 40
+
+
 def test_an_unknown_regime_or_a_bare_task_is_refused_with_what_is_accepted():
     with pytest.raises(SystemExit, match=r"winowhy:memorise.*\['learn', 'overfit'\]"):
         profile_of(parse_args(["--profile", "dev", "--main", "winowhy:memorise"]))
