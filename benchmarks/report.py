@@ -242,19 +242,21 @@ def planted_table(results) -> list[str]:
 
 def cost_table(results) -> list[str]:
     """Per-sample cost of a search step and of a fine-tune step, and the long run's ratios measured directly."""
-    long = {r["arm"]: r for r in results.get("long", [])}
+    long = {(r.get("seed", 0), r["arm"]): r for r in results.get("long", [])}
+    seeds = sorted({seed for seed, _ in long})
+    seed_column = seeds != [0]  # a seed column only where `--long-seeds` ran more than seed 0
     lines = []
     if long:
-        base = long.get("lora_all")
-        lines += ["| long run arm | fine-tune steps | search s | fine-tune s | search / FT | end to end vs LoRA all | "
-                  "accuracy | LoRA params |", "|---|---|---|---|---|---|---|---|"]
-        for arm in ("lora_all", "flexora"):
-            r = long.get(arm)
-            if r:
-                lines.append(f"| {ARMS[arm]} | {r['finetune_steps']} | {r['search_seconds']:.1f} | "
-                             f"{r['finetune_seconds']:.1f} | {_fmt(r['search_seconds'] / r['finetune_seconds'], '.3f')}"
-                             f" | {_fmt(_time_ratio(r, base), '.3f')} | {_fmt(r.get('accuracy'))} | "
-                             f"{r['trainable_params']:,} |")
+        lines += ["| long run arm |" + (" seed |" if seed_column else "") + " fine-tune steps | search s | "
+                  "fine-tune s | search / FT | end to end vs LoRA all | accuracy | LoRA params |",
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if seed_column else "")]
+        for seed, arm in sorted(long, key=lambda k: (k[0], k[1] != "lora_all")):
+            r, base = long[seed, arm], long.get((seed, "lora_all"))
+            lines.append(f"| {ARMS[arm]} |" + (f" {seed} |" if seed_column else "") +
+                         f" {r['finetune_steps']} | {r['search_seconds']:.1f} | "
+                         f"{r['finetune_seconds']:.1f} | {_fmt(r['search_seconds'] / r['finetune_seconds'], '.3f')}"
+                         f" | {_fmt(_time_ratio(r, base), '.3f')} | {_fmt(r.get('accuracy'))} | "
+                         f"{r['trainable_params']:,} |")
         lines.append("")
     per_sample = []
     for r in results["runs"] + results.get("long", []):
@@ -398,7 +400,7 @@ def plot(results, path):
             names.append(f"{cell[0][:10]}\n{cell[1]}")
             search_ft.append(_mean([r["search_seconds"] / r["finetune_seconds"] for r in runs.values()]) or 0)
             end_to_end.append(_mean([_time_ratio(r, base.get(s)) for s, r in runs.items()]) or 0)
-    long = {r["arm"]: r for r in results.get("long", [])}
+    long = {r["arm"]: r for r in results.get("long", []) if r.get("seed", 0) == 0}  # the plot shows seed 0's pair
     if "flexora" in long:
         names.append("long run")
         search_ft.append(long["flexora"]["search_seconds"] / long["flexora"]["finetune_seconds"])

@@ -104,9 +104,16 @@ def parse_args(argv=None):
                                        "other parts uses")
     p.add_argument("--long-steps", type=int, help="fine-tune steps of the long run (default: the profile's); the "
                                                   "training set grows with them (steps x batch examples)")
+    p.add_argument("--long-seeds", default="0",
+                   help="comma-separated training seeds of the long run (default 0); each seed is a pair of runs, "
+                        "all-block LoRA and Flexora, on the same data")
     p.add_argument("--learn-steps", type=int, help="fine-tune steps of the learn regime (default: the profile's); "
                                                    "the same training set and search, so the same blocks, trained "
                                                    "longer")
+    p.add_argument("--planted-prompts", type=int,
+                   help="prompts of the planted part (default: the profile's, 256); the search trains on 3/4 of "
+                        "them in one pass and holds out 1/4, so more prompts are a longer search over as many "
+                        "distinct rows")
     p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="greedy",
                    help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
                         "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
@@ -163,6 +170,10 @@ def profile_of(args) -> dict:
         profile["long"] = {**profile["long"], "task": args.long_task}
     if args.long_steps and profile.get("long"):
         profile["long"] = {**profile["long"], "steps": args.long_steps}
+    profile["long_seeds"] = [int(s) for s in args.long_seeds.split(",")]
+    if args.planted_prompts:
+        profile.update(planted_prompts=args.planted_prompts,
+                       planted_samples=args.planted_prompts - args.planted_prompts // 4)
     if args.planted:
         profile["planted"] = [(int(number), targets, *map(int, seed)) for number, targets, *seed in
                               (spec.split(":") for spec in args.planted.split(","))]
@@ -388,8 +399,9 @@ class Harness:
 
         p = self.profile
         blocks = planted_blocks(set_seed)
-        tasks = [self.task(name, 256) for name in ("hyperbaton", "intent_recognition")]
-        prompts = [e.prompt for task in tasks for e in task.train + task.test][: p["planted_prompts"]]
+        # hyperbaton's training split, a prefix of it whatever its size: more prompts keep the first ones
+        prompts = [e.prompt for e in self.task("hyperbaton", max(256, p["planted_prompts"])).train]
+        prompts = prompts[: p["planted_prompts"]]
         start = time.perf_counter()
         lora = dict(LORA, target_modules=TARGETS[targets])
         rows, teacher, max_length, student = planted_rows(self.args.planted_design, load_base(self.model_dir),
@@ -426,15 +438,16 @@ class Harness:
         result["search_samples"] = samples
         self.results["budget"].append(result)
 
-    def long(self, arm):
-        """One long run (one task, seed 0): all-block LoRA, or Flexora with its default search options, on a
-        training set as large as the run, so search / fine-tune and end to end / LoRA are measured at length."""
+    def long(self, arm, seed=0):
+        """One long run (one task; seed 0 unless `--long-seeds`): all-block LoRA, or Flexora with its default search
+        options, on a training set as large as the run, so search / fine-tune and end to end / LoRA are measured at
+        length. The data are the same for every seed; the seed draws the LoRA's start, the order and the search."""
         spec = self.profile["long"]
         task = self.task(spec["task"], spec["steps"] * BATCH)
         # Flexora's defaults, as a user gets them (the quick profile shrinks the budget to fit its toy data).
         opts = {**spec.get("search", {}), **self.args.flexora_options} if arm == "flexora" else None
-        result = self.train_and_eval(f"long/{arm}", task, 0, arm, flexora_opts=opts, max_steps=spec["steps"],
-                                     regime="long")
+        key = f"long/{arm}" + (f"/{seed}" if seed else "")
+        result = self.train_and_eval(key, task, seed, arm, flexora_opts=opts, max_steps=spec["steps"], regime="long")
         self.results["long"].append(result)
 
     def speed(self, task_name):
@@ -454,7 +467,8 @@ def plan(profile, parts) -> list[tuple]:
     if "budget" in parts:
         jobs += [("budget", b) for b in sorted(profile["budgets"], reverse=True)]
     if "long" in parts and profile.get("long"):
-        jobs += [("long", "flexora"), ("long", "lora_all")]
+        for seed in profile.get("long_seeds", [0]):  # seed 0's jobs keep their names of before
+            jobs += [("long", arm, *([seed] if seed else [])) for arm in ("flexora", "lora_all")]
     if "main" in parts:
         jobs += [("main", t, r, s) for s, (t, r) in itertools.product(profile["seeds"], profile["main"])]
     if "linear" in parts:

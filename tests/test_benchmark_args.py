@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import parse_args, profile_of
+from benchmarks.run import parse_args, plan, profile_of
 
 
 def test_main_pairs_replace_the_profiles():
@@ -49,3 +49,18 @@ def test_importing_the_harness_leaves_the_environment_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "True"
+
+
+def test_long_seeds_add_pairs_and_keep_seed_zeros_job_names():
+    """Seed 0's long jobs keep the names of results committed before `--long-seeds`, so `--resume` still finds them."""
+    default = plan(profile_of(parse_args(["--profile", "full"])), {"long"})
+    assert default == [("long", "flexora"), ("long", "lora_all")]
+    seeds = plan(profile_of(parse_args(["--profile", "full", "--long-seeds", "0,2"])), {"long"})
+    assert seeds == [("long", "flexora"), ("long", "lora_all"), ("long", "flexora", 2), ("long", "lora_all", 2)]
+
+
+def test_planted_prompts_size_the_search_and_its_hold_out():
+    profile = profile_of(parse_args(["--profile", "dev", "--planted-prompts", "1024"]))
+    assert (profile["planted_prompts"], profile["planted_samples"]) == (1024, 768)
+    default = profile_of(parse_args(["--profile", "dev"]))
+    assert (default["planted_prompts"], default["planted_samples"]) == (256, 192)
