@@ -114,10 +114,12 @@ def parse_args(argv=None):
                    help="prompts of the planted part (default: the profile's, 256); the search trains on 3/4 of "
                         "them in one pass and holds out 1/4, so more prompts are a longer search over as many "
                         "distinct rows")
-    p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="greedy",
-                   help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
-                        "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
-                        "sampled tokens; principal = the same on its inputs' principal directions; repair = the base "
+    p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="repair",
+                   help="the planted teacher (default repair, the one design whose rows carry no format that any "
+                        "block learns; the committed results.json used greedy): greedy = a random delta (b_std 0.4 "
+                        "on q,v, 0.2 on all linear) writing 10 greedy tokens; sampled = a delta sized to a "
+                        "per-token KL of 0.1 from the base, writing 48 sampled tokens; principal = the same on its "
+                        "inputs' principal directions; repair = the base "
                         "writes 48 sampled tokens for a student whose planted blocks lose part of their weights' top "
                         "singular directions (KL 0.1) (see benchmarks/README.md)")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
