@@ -95,10 +95,10 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--design", choices=PLANTED_DESIGNS, default="repair",
-                   help="repair (the default, as in benchmarks.run); greedy: the benchmark's first teacher "
-                        "(b_std 0.4 q,v / 0.2 all linear, 10 greedy tokens); sampled: a delta sized to --target-kl "
-                        "per token, 48 sampled tokens; principal: the same with the "
-                        "delta on the inputs' principal directions; repair: the base samples 48 tokens for a "
+                   help="greedy: the benchmark's first teacher (b_std 0.4 q,v / 0.2 all linear, 10 greedy tokens); "
+                        "sampled: a delta sized to --target-kl per token, 48 sampled tokens; principal: the same with "
+                        "the delta on the inputs' principal directions; repair (the default, as in benchmarks.run): "
+                        "the base samples 48 tokens for a "
                         "student whose planted blocks lose part of their weights' top singular directions (sized to "
                         "--target-kl)")
     p.add_argument("--target-kl", type=float, default=0.1,

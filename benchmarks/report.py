@@ -243,8 +243,7 @@ def planted_table(results) -> list[str]:
 def cost_table(results) -> list[str]:
     """Per-sample cost of a search step and of a fine-tune step, and the long run's ratios measured directly."""
     long = {(r.get("seed", 0), r["arm"]): r for r in results.get("long", [])}
-    seeds = sorted({seed for seed, _ in long})
-    seed_column = seeds != [0]  # a seed column only where `--long-seeds` ran more than seed 0
+    seed_column = {seed for seed, _ in long} != {0}  # only where `--long-seeds` ran more than seed 0
     lines = []
     if long:
         lines += ["| long run arm |" + (" seed |" if seed_column else "") + " fine-tune steps | search s | "

@@ -115,13 +115,13 @@ def parse_args(argv=None):
                         "them in one pass and holds out 1/4, so more prompts are a longer search over as many "
                         "distinct rows")
     p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="repair",
-                   help="the planted teacher (default repair, the one design whose rows carry no format that any "
-                        "block learns; the committed results.json used greedy): greedy = a random delta (b_std 0.4 "
-                        "on q,v, 0.2 on all linear) writing 10 greedy tokens; sampled = a delta sized to a "
-                        "per-token KL of 0.1 from the base, writing 48 sampled tokens; principal = the same on its "
-                        "inputs' principal directions; repair = the base "
-                        "writes 48 sampled tokens for a student whose planted blocks lose part of their weights' top "
-                        "singular directions (KL 0.1) (see benchmarks/README.md)")
+                   help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
+                        "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
+                        "sampled tokens; principal = the same on its inputs' principal directions; repair (the "
+                        "default: the one design whose rows carry no format that any block learns; the committed "
+                        "results.json used greedy) = the base writes 48 sampled tokens for a student whose planted "
+                        "blocks lose part of their weights' top singular directions (KL 0.1) (see "
+                        "benchmarks/README.md)")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
                                    "(default: all of the profile's)")
     p.add_argument("--flexora-options", default="{}",
@@ -401,9 +401,8 @@ class Harness:
 
         p = self.profile
         blocks = planted_blocks(set_seed)
-        # hyperbaton's training split, a prefix of it whatever its size: more prompts keep the first ones
-        prompts = [e.prompt for e in self.task("hyperbaton", max(256, p["planted_prompts"])).train]
-        prompts = prompts[: p["planted_prompts"]]
+        # hyperbaton's training split: its first examples do not depend on its size, so more prompts keep the first
+        prompts = [e.prompt for e in self.task("hyperbaton", p["planted_prompts"]).train]
         start = time.perf_counter()
         lora = dict(LORA, target_modules=TARGETS[targets])
         rows, teacher, max_length, student = planted_rows(self.args.planted_design, load_base(self.model_dir),
