@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from .planted import planted_rows
-from .run import LORA, NUM_BLOCKS, PLANTED_DESIGNS, TARGETS, highest, load_base, offline_and_quiet, planted_blocks
+from .run import (LORA, NUM_BLOCKS, PLANTED_DESIGNS, TARGETS, highest, integers, load_base, offline_and_quiet,
+                  planted_blocks)
 from .tasks import load_task
 
 OUT = Path(__file__).resolve().parent / "results" / "oracle"
@@ -90,7 +91,7 @@ def main(argv=None):
     offline_and_quiet()
     p = argparse.ArgumentParser(prog="python -m benchmarks.oracle", description=__doc__.split("\n\n")[0])
     p.add_argument("--planted", default="3:qv", help="planted set and LoRA targets, as set:targets")
-    p.add_argument("--blocks", default=None, help="comma-separated blocks (default: all)")
+    p.add_argument("--blocks", type=integers, default=None, help="comma-separated blocks (default: all)")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -124,7 +125,7 @@ def main(argv=None):
     train = batches(tokenizer, rows[:192], max_length=max_length or 64)
     val = batches(tokenizer, rows[192:], max_length=max_length or 64)
     energy = gradient_at_base(model_dir, lora, train, student)
-    blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else list(range(NUM_BLOCKS))
+    blocks = args.blocks or list(range(NUM_BLOCKS))
     start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr, student)
 
     def precision(scores):

@@ -84,11 +84,30 @@ BATCH = 8
 CURVE_EXAMPLES = 64  # test examples scored after every epoch for the overfitting curve (its shape, cheaply)
 
 
+def integers(text: str) -> list[int]:
+    """argparse type of the comma-separated seed and size lists: a malformed one is an error naming its flag."""
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give comma-separated integers, e.g. 0,1,2 (got {text!r})") from None
+
+
+def json_object(text: str) -> dict:
+    """argparse type of --flexora-options: a JSON object, or an error naming the flag."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'give a JSON object, e.g. \'{{"selection_score": "ablation"}}\' (got {text!r})')
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="full")
     p.add_argument("--quick", action="store_true", help="same as --profile quick")
-    p.add_argument("--seeds", help="comma-separated training seeds (default: the profile's)")
+    p.add_argument("--seeds", type=integers, help="comma-separated training seeds (default: the profile's)")
     p.add_argument("--planted", help="comma-separated planted sets as set:targets[:seed], e.g. 3:qv,4:all_linear:1 "
                                      "(default: the profile's; seed = the training seed, default 0); sets are drawn "
                                      "from their number, so new numbers are new sets")
@@ -97,14 +116,14 @@ def parse_args(argv=None):
                                   "examples; an overfit pair on a task without a calibrated rate needs --learning-rate")
     p.add_argument("--budget-task", help="the task of the search-budget study (default: the profile's); any "
                                          "multiple-choice BIG-bench task in the local cache with enough examples")
-    p.add_argument("--budgets", help="comma-separated search sizes of the budget study, in samples (default: the "
+    p.add_argument("--budgets", type=integers, help="comma-separated search sizes of the budget study, in samples (default: the "
                                      "profile's)")
     p.add_argument("--long-task", help="the task of the long run (default: the profile's); any multiple-choice "
                                        "BIG-bench task in the local cache with enough examples, e.g. one none of the "
                                        "other parts uses")
     p.add_argument("--long-steps", type=int, help="fine-tune steps of the long run (default: the profile's); the "
                                                   "training set grows with them (steps x batch examples)")
-    p.add_argument("--long-seeds", default="0",
+    p.add_argument("--long-seeds", type=integers, default=[0],
                    help="comma-separated training seeds of the long run (default 0); each seed is a pair of runs, "
                         "all-block LoRA and Flexora, on the same data")
     p.add_argument("--learn-steps", type=int, help="fine-tune steps of the learn regime (default: the profile's); "
@@ -124,7 +143,7 @@ def parse_args(argv=None):
                         "benchmarks/README.md)")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
                                    "(default: all of the profile's)")
-    p.add_argument("--flexora-options", default="{}",
+    p.add_argument("--flexora-options", type=json_object, default={},
                    help="JSON object of Flexora options applied to every Flexora run (e.g. to try a variant); "
                         "recorded in the results")
     p.add_argument("--learning-rate", type=float, default=None,
@@ -140,7 +159,6 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.profile = "quick"
-    args.flexora_options = json.loads(args.flexora_options)
     return args
 
 
@@ -149,7 +167,7 @@ def profile_of(args) -> dict:
     overrides = profile.get("regimes", {})  # a profile changes a regime's sizes, not its learning rate
     profile["regimes"] = {name: {**regime, **overrides.get(name, {})} for name, regime in REGIMES.items()}
     if args.seeds:
-        profile["seeds"] = [int(s) for s in args.seeds.split(",")]
+        profile["seeds"] = args.seeds
     if args.main:
         profile["main"] = [tuple(pair.split(":")) for pair in args.main.split(",")]
         for pair in profile["main"]:
@@ -167,12 +185,12 @@ def profile_of(args) -> dict:
     if args.budget_task:
         profile["budget_task"] = args.budget_task
     if args.budgets:
-        profile["budgets"] = [int(b) for b in args.budgets.split(",")]
+        profile["budgets"] = args.budgets
     if args.long_task and profile.get("long"):
         profile["long"] = {**profile["long"], "task": args.long_task}
     if args.long_steps and profile.get("long"):
         profile["long"] = {**profile["long"], "steps": args.long_steps}
-    profile["long_seeds"] = [int(s) for s in args.long_seeds.split(",")]
+    profile["long_seeds"] = args.long_seeds
     if args.planted_prompts:
         profile.update(planted_prompts=args.planted_prompts,
                        planted_samples=args.planted_prompts - args.planted_prompts // 4)

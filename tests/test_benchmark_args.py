@@ -39,6 +39,19 @@ def test_an_unknown_regime_or_a_bare_task_is_refused_with_what_is_accepted():
         profile_of(parse_args(["--profile", "dev", "--main", "winowhy"]))
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--long-seeds", "0,x", "argument --long-seeds: give comma-separated integers"),
+    ("--seeds", "1;2", "argument --seeds: give comma-separated integers"),
+    ("--budgets", "500,2k", "argument --budgets: give comma-separated integers"),
+    ("--flexora-options", "{score: gate}", "argument --flexora-options: not JSON"),
+    ("--flexora-options", '["gate"]', "argument --flexora-options: give a JSON object"),
+])
+def test_a_malformed_list_or_options_object_is_refused_naming_its_flag(flag, value, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--profile", "dev", flag, value])
+    assert message in capsys.readouterr().err
+
+
 def test_importing_the_harness_leaves_the_environment_alone():
     """The benchmark sets TRANSFORMERS_VERBOSITY and the offline flags when it starts; on import it did, and every
     `axolotl train` a later test ran inherited them (its progress bars switched off)."""
