@@ -101,7 +101,7 @@ def main(argv=None):
                         "the delta on the inputs' principal directions; repair (the default, as in benchmarks.run): "
                         "the base samples 48 tokens for a "
                         "student whose planted blocks lose part of their weights' top singular directions (sized to "
-                        "--target-kl)")
+                        "--target-kl); balanced: repair with each planted block sized alone to an equal share of it")
     p.add_argument("--target-kl", type=float, default=0.1,
                    help="per-token KL(teacher || student) of the sampled designs")
     args = p.parse_args(argv)

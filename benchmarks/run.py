@@ -42,7 +42,7 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_p
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGETS = {"qv": LORA["target_modules"], "all_linear": ALL_LINEAR}
 SPEED_BLOCKS = list(range(15, 30))  # the upper half: the fine-tune needs no backward below block 15
-PLANTED_DESIGNS = ("greedy", "sampled", "principal", "repair")  # built by benchmarks.planted.planted_rows
+PLANTED_DESIGNS = ("greedy", "sampled", "principal", "repair", "balanced")  # built by benchmarks.planted.planted_rows
 TASKS = ["hyperbaton", "intent_recognition", "reasoning_about_colored_objects", "instructions"]
 
 # learn: all-block LoRA clearly beats zero-shot. overfit: a small training set over many epochs, where all-block LoRA's
@@ -139,7 +139,8 @@ def parse_args(argv=None):
                         "sampled tokens; principal = the same on its inputs' principal directions; repair (the "
                         "default: the one design whose rows carry no format that any block learns; the committed "
                         "results.json used greedy) = the base writes 48 sampled tokens for a student whose planted "
-                        "blocks lose part of their weights' top singular directions (KL 0.1) (see "
+                        "blocks lose part of their weights' top singular directions (KL 0.1); balanced = "
+                        "repair with each planted block's part sized alone to an equal share of the KL (see "
                         "benchmarks/README.md)")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
                                    "(default: all of the profile's)")

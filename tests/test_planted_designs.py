@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks.planted import REPAIR_RANK, Damage, repair_rows
+from benchmarks.planted import REPAIR_RANK, Damage, base_rows, repair_rows
 
 TARGETS = ["q_proj", "v_proj"]
 
@@ -15,7 +15,7 @@ TARGETS = ["q_proj", "v_proj"]
 def test_the_damage_is_low_rank_and_on_the_planted_blocks_only(tiny_llama_dir):
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     damage = Damage(base, [1, 3], TARGETS)
-    damage.fraction = 0.5
+    damage.fractions = {1: 0.5, 3: 0.5}
     student = damage(copy.deepcopy(base))
     before, after = dict(base.named_parameters()), dict(student.named_parameters())
     changed = set()
@@ -37,7 +37,8 @@ def test_the_damage_is_sized_to_the_target_kl(tiny_llama_dir):
     prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
     # the tiny model is nearly uniform: removing the whole top-rank part moves it by about 0.006 nats a token
     rows, teacher, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=0.002, max_new_tokens=8)
-    assert len(rows) == len(prompts) and 0 < damage.fraction < 1
+    assert len(rows) == len(prompts)
+    assert 0 < damage.fractions[0] == damage.fractions[2] < 1
     assert teacher["measured_kl"] == pytest.approx(0.002, rel=0.25)
     # the rows are what the base wrote: its end of sequence where it stopped, none where 8 new tokens cut it
     for row in rows:
@@ -45,3 +46,32 @@ def test_the_damage_is_sized_to_the_target_kl(tiny_llama_dir):
         stopped = tokenizer.eos_token_id in answer
         assert (stopped and answer.index(tokenizer.eos_token_id) == len(answer) - 1) or len(answer) == 8
     assert teacher["answers_cut_at_max_new_tokens"] == sum(tokenizer.eos_token_id not in r["input_ids"] for r in rows)
+
+
+def test_the_balanced_design_plants_every_block_equally(tiny_llama_dir):
+    """One fraction for all planted blocks leaves some of them changing nothing; `balanced` sizes each alone to an
+    equal share of the KL, so each block's damage alone moves the answers as much as any other's."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
+    _, teacher, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=0.002, max_new_tokens=8,
+                                     balanced=True)
+    assert teacher["design"] == "balanced"
+    assert teacher["kl_alone"][0] == pytest.approx(0.001, rel=0.25)
+    assert teacher["kl_alone"][2] == pytest.approx(0.001, rel=0.25)
+    assert damage.fractions[0] != damage.fractions[2]  # the two blocks need different parts to move it as much
+
+
+def test_the_bases_rows_are_kept_in_the_cache_and_read_back(tiny_llama_dir, tmp_path):
+    """The base's sampled rows depend on the prompts and the seed only: a second planted job on them reads them."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [f"Question {i}: how many cats are there?" for i in range(4)]
+    written = base_rows(base, tokenizer, prompts, 8, seed=3, cache=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert base_rows(base, tokenizer, prompts, 8, seed=3, cache=tmp_path) == written
+    assert base_rows(base, tokenizer, prompts, 8, seed=3) == written  # what the cache holds is what the seed writes
+    base_rows(base, tokenizer, prompts, 8, seed=4, cache=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
