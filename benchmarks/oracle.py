@@ -95,13 +95,13 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--design", choices=PLANTED_DESIGNS, default="repair",
+    p.add_argument("--design", choices=PLANTED_DESIGNS, default="balanced",
                    help="greedy: the benchmark's first teacher (b_std 0.4 q,v / 0.2 all linear, 10 greedy tokens); "
                         "sampled: a delta sized to --target-kl per token, 48 sampled tokens; principal: the same with "
-                        "the delta on the inputs' principal directions; repair (the default, as in benchmarks.run): "
-                        "the base samples 48 tokens for a "
+                        "the delta on the inputs' principal directions; repair: the base samples 48 tokens for a "
                         "student whose planted blocks lose part of their weights' top singular directions (sized to "
-                        "--target-kl); balanced: repair with each planted block sized alone to an equal share of it")
+                        "--target-kl); balanced (the default, as in benchmarks.run): repair with each planted block "
+                        "sized alone to an equal share of it")
     p.add_argument("--target-kl", type=float, default=0.1,
                    help="per-token KL(teacher || student) of the sampled designs")
     args = p.parse_args(argv)

@@ -99,7 +99,8 @@ def json_object(text: str) -> dict:
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"not JSON ({error}): {text!r}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f'give a JSON object, e.g. \'{{"selection_score": "ablation"}}\' (got {text!r})')
+        example = '\'{"selection_score": "ablation"}\''
+        raise argparse.ArgumentTypeError(f"give a JSON object, e.g. {example} (got {text!r})")
     return value
 
 
@@ -116,8 +117,8 @@ def parse_args(argv=None):
                                   "examples; an overfit pair on a task without a calibrated rate needs --learning-rate")
     p.add_argument("--budget-task", help="the task of the search-budget study (default: the profile's); any "
                                          "multiple-choice BIG-bench task in the local cache with enough examples")
-    p.add_argument("--budgets", type=integers, help="comma-separated search sizes of the budget study, in samples (default: the "
-                                     "profile's)")
+    p.add_argument("--budgets", type=integers,
+                   help="comma-separated search sizes of the budget study, in samples (default: the profile's)")
     p.add_argument("--long-task", help="the task of the long run (default: the profile's); any multiple-choice "
                                        "BIG-bench task in the local cache with enough examples, e.g. one none of the "
                                        "other parts uses")
@@ -133,15 +134,14 @@ def parse_args(argv=None):
                    help="prompts of the planted part (default: the profile's, 256); the search trains on 3/4 of "
                         "them in one pass and holds out 1/4, so more prompts are a longer search over as many "
                         "distinct rows")
-    p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="repair",
+    p.add_argument("--planted-design", choices=PLANTED_DESIGNS, default="balanced",
                    help="the planted teacher: greedy = a random delta (b_std 0.4 on q,v, 0.2 on all linear) writing "
                         "10 greedy tokens; sampled = a delta sized to a per-token KL of 0.1 from the base, writing 48 "
-                        "sampled tokens; principal = the same on its inputs' principal directions; repair (the "
-                        "default: the one design whose rows carry no format that any block learns; the committed "
-                        "results.json used greedy) = the base writes 48 sampled tokens for a student whose planted "
-                        "blocks lose part of their weights' top singular directions (KL 0.1); balanced = "
-                        "repair with each planted block's part sized alone to an equal share of the KL (see "
-                        "benchmarks/README.md)")
+                        "sampled tokens; principal = the same on its inputs' principal directions; repair = the base "
+                        "writes 48 sampled tokens for a student whose planted blocks lose part of their weights' top "
+                        "singular directions (one part for all, KL 0.1); balanced (the default: every planted block "
+                        "changes the answers as much as every other) = repair with each block's part sized alone to "
+                        "an equal share of the KL; the committed results.json used greedy (see benchmarks/README.md)")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
                                    "(default: all of the profile's)")
     p.add_argument("--flexora-options", type=json_object, default={},
