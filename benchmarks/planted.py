@@ -186,9 +186,12 @@ REPAIR_RANK = 4  # below the benchmark's LoRA rank (8): a planted block's LoRA c
 
 
 def _planted_modules(model, planted_blocks, target_modules):
-    return {name: module for name, module in model.named_modules()
-            if ".layers." in name and name.rsplit(".", 1)[-1] in target_modules
-            and int(name.split(".layers.")[1].split(".")[0]) in planted_blocks}
+    """(name, block, module) of every target module in the planted blocks."""
+    for name, module in model.named_modules():
+        if ".layers." in name and name.rsplit(".", 1)[-1] in target_modules:
+            block = int(name.split(".layers.")[1].split(".")[0])
+            if block in planted_blocks:
+                yield name, block, module
 
 
 class Damage:
@@ -201,7 +204,7 @@ class Damage:
         self.planted_blocks, self.target_modules = planted_blocks, target_modules
         self.fractions = {block: 0.0 for block in planted_blocks}
         self.parts = {}
-        for name, module in _planted_modules(base, planted_blocks, target_modules).items():
+        for name, _, module in _planted_modules(base, planted_blocks, target_modules):
             u, s, vh = torch.linalg.svd(module.weight.detach().float(), full_matrices=False)
             self.parts[name] = (u[:, :REPAIR_RANK] * s[:REPAIR_RANK]) @ vh[:REPAIR_RANK]
 
@@ -210,9 +213,8 @@ class Damage:
         """Damage a freshly loaded base in place (and return it); `fractions` (block: fraction) instead of the sized
         ones, e.g. one block alone."""
         fractions = self.fractions if fractions is None else fractions
-        for name, module in _planted_modules(model, self.planted_blocks, self.target_modules).items():
-            fraction = fractions.get(int(name.split(".layers.")[1].split(".")[0]), 0.0)
-            module.weight.sub_((fraction * self.parts[name]).to(module.weight.dtype))
+        for name, block, module in _planted_modules(model, self.planted_blocks, self.target_modules):
+            module.weight.sub_((fractions.get(block, 0.0) * self.parts[name]).to(module.weight.dtype))
         return model
 
 
