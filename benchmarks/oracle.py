@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .planted import planted_rows
+from .planted import planted_rows, target_modules_by_block
 from .run import (LORA, NUM_BLOCKS, PLANTED_DESIGNS, TARGETS, highest, integers, load_base, offline_and_quiet,
                   planted_blocks)
 from .tasks import load_task
@@ -48,15 +48,14 @@ def gradient_at_base(model_dir, lora, train, student):
     base, unless the design damages it)."""
     model = student(load_base(model_dir))
     model.requires_grad_(False)
-    weights = {name: module.weight for name, module in model.named_modules()
-               if ".layers." in name and name.rsplit(".", 1)[-1] in lora["target_modules"]}
-    for weight in weights.values():
+    weights = [(block, module.weight) for _, block, module in target_modules_by_block(model, lora["target_modules"])]
+    for _, weight in weights:
         weight.requires_grad_(True)
     for batch in train:
         model(**batch).loss.backward()
     energy = [0.0] * NUM_BLOCKS
-    for name, weight in weights.items():
-        energy[int(name.split(".layers.")[1].split(".")[0])] += float((weight.grad / len(train)).square().sum())
+    for block, weight in weights:
+        energy[block] += float((weight.grad / len(train)).square().sum())
     return energy
 
 

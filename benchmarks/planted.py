@@ -185,13 +185,17 @@ def sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_
 REPAIR_RANK = 4  # below the benchmark's LoRA rank (8): a planted block's LoRA can undo its damage exactly
 
 
-def _planted_modules(model, planted_blocks, target_modules):
-    """(name, block, module) of every target module in the planted blocks."""
+def target_modules_by_block(model, target_modules):
+    """(name, block, module) of every target module in the model's blocks (`layers.N`)."""
     for name, module in model.named_modules():
         if ".layers." in name and name.rsplit(".", 1)[-1] in target_modules:
-            block = int(name.split(".layers.")[1].split(".")[0])
-            if block in planted_blocks:
-                yield name, block, module
+            yield name, int(name.split(".layers.")[1].split(".")[0]), module
+
+
+def _planted_modules(model, planted_blocks, target_modules):
+    """(name, block, module) of every target module in the planted blocks."""
+    return ((name, block, module) for name, block, module in target_modules_by_block(model, target_modules)
+            if block in planted_blocks)
 
 
 class Damage:
