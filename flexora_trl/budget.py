@@ -58,20 +58,26 @@ def inner_step_cost(options, args) -> float:
     return 1.0 + outer / train
 
 
-def score_cost(options, args, candidates: int) -> float:
-    """The score's own cost after the search, in fine-tune steps (SCORE_STEP_COST)."""
+def score_cost(options, args, candidates: int, validation_samples: int | None = None) -> float:
+    """The score's own cost after the search, in fine-tune steps (SCORE_STEP_COST): `score_val_batches` validation
+    batches, or as many as `validation_samples` fill on each process if that is fewer (the score takes no batch
+    twice)."""
     per_batch, per_candidate = SCORE_STEP_COST.get(options.selection_score, (0.0, 0.0))
-    batches = options.score_val_batches * args.per_device_eval_batch_size / (
+    count = options.score_val_batches
+    if validation_samples is not None:
+        count = min(count, math.ceil(validation_samples / (args.per_device_eval_batch_size * args.world_size)))
+    batches = count * args.per_device_eval_batch_size / (
         args.per_device_train_batch_size * args.gradient_accumulation_steps)
     return batches * (per_batch + per_candidate * candidates)
 
 
-def plan_search(options, args, planned: int, available: int, candidates: int) -> SearchPlan:
+def plan_search(options, args, planned: int, available: int, candidates: int,
+                validation_samples: int | None = None) -> SearchPlan:
     """Inner steps and samples of the search over `candidates` blocks, before a fine-tune of `planned` optimizer
     steps. Explicit `search_steps` or `search_samples` win; otherwise the steps that, with the score, cost
     `search_budget` of the planned fine-tune, and never fewer than MIN_SEARCH_STEPS."""
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    cost, score = inner_step_cost(options, args), score_cost(options, args, candidates)
+    cost, score = inner_step_cost(options, args), score_cost(options, args, candidates, validation_samples)
     if options.search_steps is not None:
         steps, sized_by = options.search_steps, "search_steps"
     elif options.search_samples is not None:

@@ -102,7 +102,8 @@ class FlexoraArguments:
     score_val_batches: int = field(
         default=8,
         metadata={"help": "Validation micro-batches the `ablation` and `final_taylor` scores measure every block on "
-                  "(the same batches for every block, so the differences are paired)."},
+                  "(the same batches for every block, so the differences are paired; at most the validation set's "
+                  "batches, each taken once)."},
     )
     hypergradient: str = field(
         default="first_order",

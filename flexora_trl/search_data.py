@@ -56,8 +56,9 @@ def search_plan(trainer) -> SearchPlan:
     train_size = dataset_length(trainer.train_dataset, "train_dataset")
     if train_size - held_out < 1:
         raise ValueError("The training set is empty: the search needs training examples.")
+    validation = held_out or dataset_length(validation_dataset(trainer), "eval_dataset")
     return plan_search(options, trainer.args, trainer.flexora_planned_steps, train_size - held_out,
-                       len(trainer.flexora_blocks.blocks))
+                       len(trainer.flexora_blocks.blocks), validation_samples=validation)
 
 
 def search_dataloaders(trainer, samples: int | None = None):

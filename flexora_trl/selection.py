@@ -46,7 +46,8 @@ def select_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[i
 
 def separation(scores: dict[int, float], stderr: dict[int, float], selected: list[int]) -> dict:
     """The gap between the weakest kept and the strongest dropped block, against two standard errors of that
-    difference: a gap inside the noise means the selection at the boundary is a coin flip."""
+    difference: a gap inside the noise means the selection at the boundary is a coin flip. No spread at all (a score
+    measured on one validation batch) is no noise estimate: `separated` is then None, not True."""
     kept = [b for b in scores if b in selected]
     dropped = [b for b in scores if b not in selected]
     if not kept or not dropped:
@@ -55,7 +56,7 @@ def separation(scores: dict[int, float], stderr: dict[int, float], selected: lis
     strongest = max(dropped, key=lambda b: (scores[b], -b))
     gap = scores[weakest] - scores[strongest]
     noise = 2 * math.sqrt(stderr.get(weakest, 0.0) ** 2 + stderr.get(strongest, 0.0) ** 2)
-    return {"gap": gap, "noise": noise, "separated": gap > noise, "weakest_kept": weakest,
+    return {"gap": gap, "noise": noise, "separated": gap > noise if noise > 0 else None, "weakest_kept": weakest,
             "strongest_dropped": strongest}
 
 
@@ -65,7 +66,14 @@ def log_scores(name: str, result, selected: list[int], split: dict) -> None:
     logger.info("Flexora: %s score per block (+- standard error over validation batches; * = kept): %s", name,
                 ", ".join(f"{b}{'*' if b in selected else ''} {result.scores[b]:.4g}+-{result.score_stderr[b]:.2g}"
                           for b in ranked))
-    if not split["separated"]:
+    if split["separated"] is None:
+        logger.warning(
+            "Flexora: the %s score has no spread to compare the weakest kept block (%d) and the strongest dropped "
+            "one (%d) with (one validation batch, or too few outer steps): whether the selection holds is unmeasured. "
+            "Raise `search_holdout_samples` to several evaluation batches, or the search budget, for a noise "
+            "estimate.",
+            name, split["weakest_kept"], split["strongest_dropped"])
+    elif not split["separated"]:
         logger.warning(
             "Flexora: the weakest kept block (%d) and the strongest dropped one (%d) differ by %.3g in %s score, "
             "within the noise (2 standard errors: %.3g): the selection at its boundary is a coin flip. Raise the "

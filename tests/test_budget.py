@@ -41,6 +41,16 @@ def test_a_score_taken_after_the_search_is_paid_from_the_budget(score, cost, tmp
     assert plan.estimated_share == pytest.approx((plan.inner_steps * 3.0 + cost) / 5000) and plan.estimated_share <= 0.1
 
 
+def test_the_score_is_paid_for_the_validation_batches_there_are(tmp_path):
+    """A hold-out smaller than `score_val_batches` batches: the score takes each batch once, so it costs that many."""
+    args = training_args(tmp_path, max_steps=5000)
+    options = FlexoraArguments(search_val_batches=2, selection_score="ablation", score_val_batches=8)
+    plan = plan_search(options, args, planned=5000, available=49_800, candidates=30, validation_samples=20)
+    assert plan.score_cost == pytest.approx(3 * (0.7 + 0.4 * 30))  # 20 samples fill 3 batches of 8
+    plan = plan_search(options, args, planned=5000, available=49_800, candidates=30, validation_samples=2_000)
+    assert plan.score_cost == pytest.approx(8 * (0.7 + 0.4 * 30))
+
+
 def test_budget_uses_the_trainers_own_step_count(tiny_llama_dir, chat_examples, tmp_path):
     # 10 examples in batches of 4: 3 batches an epoch, accumulated 2 by 2 is 2 optimizer steps (the last one short),
     # so 3 epochs are 6 steps: the plan must count what the fine-tune then takes

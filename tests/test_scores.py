@@ -115,6 +115,26 @@ def test_ablation_runs_only_the_blocks_a_switch_can_change(trained_search):
     assert all("forward" not in vars(block) for block in stack)  # every block computes again after
 
 
+@pytest.mark.parametrize("trained_search", ["ablation"], indirect=True)
+def test_a_score_takes_each_validation_batch_once(trained_search):
+    """Asked for more batches than the loader has, the score measures each once: dropout is off, so a batch seen
+    again would give the same losses, cost a pass per block and shrink the standard error."""
+    search, val_loader = trained_search
+    search.options.score_val_batches = len(val_loader) + 3
+    top = search.model.get_submodule(search.trainer.flexora_blocks.stack)[-1]
+    runs = []
+    handle = top.mlp.register_forward_hook(lambda *_: runs.append(1))
+    result = AblationScore().result(search, [], val_loader)
+    handle.remove()
+    assert len(runs) == len(val_loader) * (1 + len(search.gates.blocks))
+    batches = list(val_loader)
+    everything = _val_loss(search, batches)
+    block = search.gates.blocks[0]
+    with _without_lora(search, block):
+        assert result.scores[block] == pytest.approx((_val_loss(search, batches) - everything) / len(batches),
+                                                     rel=1e-4)
+
+
 def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_dir, chat_examples, tmp_path):
     """A block's effect on the loss can be below bf16's resolution: a bf16 run's ablation must still match the
     float32 loss differences, not bf16-rounded ones."""
@@ -169,6 +189,25 @@ def test_separation_compares_the_boundary_with_its_noise():
     assert split["separated"]
     assert not separation(scores, {b: 0.05 for b in scores}, [0, 1])["separated"]
     assert separation(scores, {}, [0, 1, 2, 3])["separated"]
+    assert separation(scores, {b: 0.0 for b in scores}, [0, 1])["separated"] is None  # no spread: no noise estimate
+
+
+def test_a_score_on_one_validation_batch_says_its_noise_is_unmeasured(tiny_llama_dir, chat_examples, tmp_path,
+                                                                       caplog):
+    """A hold-out of one evaluation batch: the ablation runs on that batch once (and the plan counts it once), and
+    the record and the log say the selection's boundary has no noise estimate instead of calling it separated."""
+    trainer = flexora_trainer(
+        tiny_llama_dir, tmp_path, chat_examples[:40], selection_score="ablation", search_samples=16,
+        search_holdout_samples=4, per_device_train_batch_size=4, per_device_eval_batch_size=4, score_val_batches=8,
+        selection_rule="top_k", selection_top_k=2, max_steps=1,
+    )
+    with caplog.at_level("WARNING", logger="flexora_trl.selection"):
+        trainer.train()
+    record = trainer.flexora_record
+    assert record.search_plan["score_cost"] == pytest.approx(1 * (0.7 + 0.4 * 4))  # one batch, 4 candidate blocks
+    assert set(record.score_stderr.values()) == {0.0}
+    assert record.score_separation["separated"] is None
+    assert "no spread" in caplog.text and "search_holdout_samples" in caplog.text
 
 
 def test_taylor_without_outer_steps_is_a_clear_error():
