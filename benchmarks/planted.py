@@ -222,21 +222,27 @@ class Damage:
         return model
 
 
+def _cached(cache, key, compute):
+    """`compute()`, kept as JSON in the directory `cache` (if given) under a hash of `key`, and read back from there
+    by the next job that asks with the same key."""
+    if cache is None:
+        return compute()
+    path = Path(cache) / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(value))
+    path.with_suffix(".tmp").replace(path)
+    return value
+
+
 def base_rows(base, tokenizer, prompts, max_new_tokens, seed, cache=None):
     """`sampled_rows` of the unchanged base, kept in the directory `cache` if given: they depend on the model, the
     prompts and the seed only (not on the set's blocks, targets or design), and writing 1,024 of them takes about 10
     minutes on one core."""
-    if cache is None:
-        return sampled_rows(base, tokenizer, prompts, max_new_tokens, seed)
-    key = json.dumps([base.name_or_path, prompts, max_new_tokens, seed])
-    path = Path(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    rows = sampled_rows(base, tokenizer, prompts, max_new_tokens, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(rows))
-    path.with_suffix(".tmp").replace(path)
-    return rows
+    return _cached(cache, [base.name_or_path, prompts, max_new_tokens, seed],
+                   lambda: sampled_rows(base, tokenizer, prompts, max_new_tokens, seed))
 
 
 def _sized_fraction(kl_at, target_kl):
@@ -258,26 +264,37 @@ def repair_rows(base, tokenizer, prompts, planted_blocks, target_modules, target
     number of planted blocks. The record gives each block's KL alone either way."""
     damage = Damage(base, planted_blocks, target_modules)
     probe = prompts[:32]
+    key = ["damage", base.name_or_path, probe, list(planted_blocks), list(target_modules), target_kl, balanced,
+           REPAIR_RANK]
+    sizing = _cached(rows_cache, key, lambda: _size_damage(base, tokenizer, probe, damage, target_kl, balanced))
+    damage.fractions = {int(block): f for block, f in sizing["fractions"].items()}
+    kl_alone = {int(block): kl for block, kl in sizing["kl_alone"].items()}
+    rows = base_rows(base, tokenizer, prompts, max_new_tokens, seed, rows_cache)
+    teacher = {"design": "balanced" if balanced else "repair", "rank": REPAIR_RANK,
+               "fractions": {block: round(f, 5) for block, f in damage.fractions.items()}, "target_kl": target_kl,
+               "measured_kl": sizing["measured_kl"], "kl_alone": kl_alone, "max_new_tokens": max_new_tokens,
+               **_describe(rows, tokenizer, max_new_tokens)}
+    return rows, teacher, damage
+
+
+def _size_damage(base, tokenizer, probe, damage, target_kl, balanced) -> dict:
+    """The damage's fractions (see `repair_rows`), each planted block's KL alone and the KL of all together, on the
+    base's 16-token answers to the probe prompts: 40-odd KL measurements of the whole model, which a second job on
+    the same set, targets and design reads from the cache instead."""
     probe_answers = _generate(base, tokenizer, probe, 16)
 
     def kl_of(fractions):
         return _answer_kl(base, tokenizer, probe, probe_answers, student=damage(copy.deepcopy(base), fractions))
 
+    blocks = damage.planted_blocks
     if balanced:
-        share = target_kl / len(planted_blocks)
-        damage.fractions = {block: _sized_fraction(lambda f, block=block: kl_of({block: f}), share)
-                            for block in planted_blocks}
+        share = target_kl / len(blocks)
+        fractions = {block: _sized_fraction(lambda f, block=block: kl_of({block: f}), share) for block in blocks}
     else:
-        fraction = _sized_fraction(lambda f: kl_of(dict.fromkeys(planted_blocks, f)), target_kl)
-        damage.fractions = dict.fromkeys(planted_blocks, fraction)
-    kl_alone = {block: round(kl_of({block: damage.fractions[block]}), 4) for block in planted_blocks}
-    measured = kl_of(None)
-    rows = base_rows(base, tokenizer, prompts, max_new_tokens, seed, rows_cache)
-    teacher = {"design": "balanced" if balanced else "repair", "rank": REPAIR_RANK,
-               "fractions": {block: round(f, 5) for block, f in damage.fractions.items()}, "target_kl": target_kl,
-               "measured_kl": round(measured, 4), "kl_alone": kl_alone, "max_new_tokens": max_new_tokens,
-               **_describe(rows, tokenizer, max_new_tokens)}
-    return rows, teacher, damage
+        fractions = dict.fromkeys(blocks, _sized_fraction(lambda f: kl_of(dict.fromkeys(blocks, f)), target_kl))
+    damage.fractions = fractions
+    return {"fractions": fractions, "kl_alone": {block: round(kl_of({block: fractions[block]}), 4) for block in blocks},
+            "measured_kl": round(kl_of(None), 4)}
 
 
 def _describe(rows, tokenizer, max_new_tokens) -> dict:

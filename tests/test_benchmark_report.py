@@ -67,3 +67,18 @@ def test_readme_results_block_is_generated_from_the_committed_json():
     results = json.loads(RESULTS.read_text())
     assert report.readme_block_of() == report.readme_block(results), (
         "README's Results block is stale: run `python -m benchmarks.report --readme`")
+
+
+def test_a_planted_miss_is_measured_against_the_kth_score_in_standard_errors():
+    """Planted 1 and 4 of 5 blocks (k = 2): block 1 is first, block 4 is missed; it lies (0.5 - 0.2) / hypot(0.1,
+    0.1) standard errors under the 2nd score (block 0's), and its own score is 0.2 / 0.1 = 2 errors above zero."""
+    from benchmarks.planted_misses import misses
+
+    record = {"planted_blocks": [1, 4], "scores": {"0": 0.5, "1": 0.9, "2": 0.3, "3": -0.4, "4": 0.2},
+              "score_stderr": {"0": 0.1, "1": 0.1, "2": 0.1, "3": 0.1, "4": 0.1}}
+    (miss,) = misses(record)
+    assert miss["block"] == 4 and miss["rank"] == 4
+    assert miss["z_under_kth"] == pytest.approx(0.3 / math.hypot(0.1, 0.1))
+    assert miss["t"] == pytest.approx(2.0)
+    record["planted_blocks"] = [1, 0]
+    assert misses(record) == []  # both in the top 2

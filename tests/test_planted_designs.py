@@ -2,6 +2,7 @@
 rank below the LoRA's (so the planted blocks' LoRA can undo it exactly), sized to a KL from the base."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -75,3 +76,26 @@ def test_the_bases_rows_are_kept_in_the_cache_and_read_back(tiny_llama_dir, tmp_
     assert base_rows(base, tokenizer, prompts, 8, seed=3) == written  # what the cache holds is what the seed writes
     base_rows(base, tokenizer, prompts, 8, seed=4, cache=tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_the_damages_sizing_is_kept_in_the_cache_and_read_back(tiny_llama_dir, tmp_path):
+    """The fractions and KLs depend on the set, targets and design only: a second job on them reads what the first
+    measured (the cache file is what is used: an edited one changes the damage), and a new set measures its own."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
+    sized = dict(target_kl=0.002, max_new_tokens=8, balanced=True)
+    _, fresh, fresh_damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, **sized)
+    _, first, _ = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, rows_cache=tmp_path, **sized)
+    assert first == fresh  # the cache changes nothing the job measures
+    files = set(tmp_path.glob("*.json"))
+    assert len(files) == 2  # the base's rows and the damage's sizing
+    (sizing,) = [f for f in files if isinstance(json.loads(f.read_text()), dict)]  # the rows are a list
+    edited = json.loads(sizing.read_text())
+    edited["fractions"]["2"] = 0.25
+    sizing.write_text(json.dumps(edited))
+    _, second, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, rows_cache=tmp_path, **sized)
+    assert damage.fractions == {0: fresh_damage.fractions[0], 2: 0.25} and second["kl_alone"] == first["kl_alone"]
+    repair_rows(base, tokenizer, prompts, [1, 2], TARGETS, rows_cache=tmp_path, **sized)
+    assert len(list(tmp_path.glob("*.json"))) == 3
