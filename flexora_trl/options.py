@@ -103,7 +103,8 @@ class FlexoraArguments:
         default=8,
         metadata={"help": "Validation micro-batches the `ablation` and `final_taylor` scores measure every block on "
                   "(the same batches for every block, so the differences are paired; at most the validation set's "
-                  "batches, each taken once)."},
+                  "batches, each taken once). More batches, less noise in the ranking, for one pass each: a number "
+                  "above the validation set's batch count measures every held-out row."},
     )
     hypergradient: str = field(
         default="first_order",
