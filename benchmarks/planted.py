@@ -292,9 +292,8 @@ def _size_damage(base, tokenizer, probe, damage, target_kl, balanced) -> dict:
         fractions = {block: _sized_fraction(lambda f, block=block: kl_of({block: f}), share) for block in blocks}
     else:
         fractions = dict.fromkeys(blocks, _sized_fraction(lambda f: kl_of(dict.fromkeys(blocks, f)), target_kl))
-    damage.fractions = fractions
     return {"fractions": fractions, "kl_alone": {block: round(kl_of({block: fractions[block]}), 4) for block in blocks},
-            "measured_kl": round(kl_of(None), 4)}
+            "measured_kl": round(kl_of(fractions), 4)}
 
 
 def _describe(rows, tokenizer, max_new_tokens) -> dict:

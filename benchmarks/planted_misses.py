@@ -45,7 +45,7 @@ def main(argv=None):
                 continue
             for miss in misses(record):
                 by_score.setdefault(score, []).append(miss)
-                print(f"| {path} | {record['key']} | {record['selection_score']} | {miss['block']} | {miss['rank']} | "
+                print(f"| {path} | {record['key']} | {score} | {miss['block']} | {miss['rank']} | "
                       f"{miss['z_under_kth']:.2f} | {miss['t']:+.2f} |")
     print()
     for score, rows in by_score.items():
