@@ -347,7 +347,8 @@ class Harness:
             result["heldout_item_losses"] = phase["curve"]
         if record:
             result.update(alpha=record.get("alpha"), scores=record.get("scores"),
-                          score_stderr=record.get("score_stderr"), selection_score=record.get("selection_score"),
+                          score_stderr=record.get("score_stderr"), score_batches=record.get("score_batches"),
+                          selection_score=record.get("selection_score"),
                           score_seconds=record.get("score_seconds"),
                           score_separation=record.get("score_separation"),
                           lora_params_all_blocks=record["lora_params_all_blocks"],

@@ -61,7 +61,7 @@ def inner_step_cost(options, args) -> float:
 def score_cost(options, args, candidates: int, validation_samples: int | None = None) -> float:
     """The score's own cost after the search, in fine-tune steps (SCORE_STEP_COST): `score_val_batches` validation
     batches, or as many as `validation_samples` fill on each process if that is fewer (the score takes no batch
-    twice)."""
+    twice); with `score_early_stop`, the most it can cost."""
     per_batch, per_candidate = SCORE_STEP_COST.get(options.selection_score, (0.0, 0.0))
     count = options.score_val_batches
     if validation_samples is not None:

@@ -106,6 +106,14 @@ class FlexoraArguments:
                   "batches, each taken once). More batches, less noise in the ranking, for one pass each: a number "
                   "above the validation set's batch count measures every held-out row."},
     )
+    score_early_stop: bool = field(
+        default=False,
+        metadata={"help": "With `ablation` or `final_taylor` and `score_val_batches` above 8: measure every block on "
+                  "the first 8 batches, then, batch by batch, only the blocks whose score is still within 2 standard "
+                  "errors of the selection's boundary (0 for `positive`, else halfway between the weakest kept and "
+                  "the strongest dropped block), until none is or `score_val_batches` is reached. The batches go "
+                  "where the selection is in doubt; the record's `score_batches` says how many each block got."},
+    )
     hypergradient: str = field(
         default="first_order",
         metadata={"help": "How alpha's gradient is taken: `first_order` = gradient of the validation loss at the "
@@ -177,6 +185,11 @@ class FlexoraArguments:
 
         _check_choice(self, "selection_score", tuple(SCORES))
         _check_int(self, "score_val_batches", minimum=1)
+        if not isinstance(self.score_early_stop, bool):
+            raise ValueError(f"`score_early_stop` must be true or false, got {self.score_early_stop!r}.")
+        if self.score_early_stop and self.selection_score not in ("ablation", "final_taylor"):
+            raise ValueError("`score_early_stop` needs a score measured after the search ('ablation' or "
+                             f"'final_taylor'); the {self.selection_score!r} score has no batches to stop.")
         _check_choice(self, "hypergradient", tuple(STRATEGIES))
         _check_int(self, "unroll_steps", minimum=1)
         _check_choice(self, "selection_rule", SELECTION_RULES)

@@ -18,7 +18,8 @@ PLOT_NAME = "flexora_gates.png"
 # 1: the records written before the format was versioned (no `format_version` key); 2: the same keys, versioned.
 FORMAT_VERSION = 2
 _VERSIONED = ("flexora", "torch", "transformers", "trl", "peft", "accelerate", "axolotl")
-_PER_BLOCK = ("alpha", "gates", "scores", "score_stderr")  # {block: value}, with string keys in the JSON
+# {block: value}, with string keys in the JSON
+_PER_BLOCK = ("alpha", "gates", "scores", "score_stderr", "score_batches")
 
 
 def package_versions() -> dict[str, str]:
@@ -53,6 +54,7 @@ class SelectionRecord:
     selection_score: str | None = None
     scores: dict[int, float] | None = None
     score_stderr: dict[int, float] | None = None
+    score_batches: dict[int, int] | None = None  # validation batches behind each score (taylor: all outer steps')
     score_separation: dict | None = None
     search_samples: int | None = None
     search_plan: dict | None = None
@@ -77,7 +79,7 @@ class SelectionRecord:
             alpha_trajectory=[[round(a, 6) for a in row] for row in result.trajectory],
             selection_score=given["options"]["selection_score"],
             scores={b: round(v, 6) for b, v in result.scores.items()},
-            score_stderr={b: round(v, 6) for b, v in result.score_stderr.items()},
+            score_stderr={b: round(v, 6) for b, v in result.score_stderr.items()}, score_batches=result.score_batches,
             score_separation={k: round(v, 6) if isinstance(v, float) else v for k, v in split.items()},
             search_samples=plan.samples, search_plan=plan.as_dict(), search_inner_steps=result.inner_steps,
             search_outer_steps=result.outer_steps, search_warmup_steps=result.warmup_steps,

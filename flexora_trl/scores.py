@@ -21,21 +21,33 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import reduce
 
+from .selection import boundary
+
+# `score_early_stop`: every block is measured on this many batches first (the default `score_val_batches`), then only
+# while its score is within this many standard errors of the selection's boundary (the `separation` test's 2).
+FIRST_LOOK_BATCHES = 8
+EARLY_STOP_Z = 2.0
+
 
 @dataclass
 class BlockScores:
     scores: dict[int, float]
     stderr: dict[int, float]
+    batches: dict[int, int] | None = None  # validation batches each block was measured on (the after-search scores)
 
 
 def summarise(blocks: list[int], samples: list[torch.Tensor], trainer=None) -> BlockScores:
-    """Mean and standard error over per-batch score vectors (averaged across ranks when distributed)."""
+    """Mean and standard error over per-batch score vectors (averaged across ranks when distributed). A NaN entry is
+    a block not measured on that batch (`score_early_stop`): each block's figures are over its own batches."""
     stacked = torch.stack([s.detach().double() for s in samples])
-    mean = stacked.mean(0)
-    stderr = stacked.std(0) / math.sqrt(len(samples)) if len(samples) > 1 else torch.zeros_like(mean)
+    counts = (~stacked.isnan()).sum(0)
+    mean = stacked.nanmean(0)
+    variance = (stacked - mean).pow(2).nansum(0) / (counts - 1).clamp(min=1)
+    stderr = torch.where(counts > 1, (variance / counts).sqrt(), torch.zeros_like(mean))
     if trainer is not None and trainer.accelerator.num_processes > 1:
         mean, stderr = reduce(mean, reduction="mean"), reduce(stderr, reduction="mean")
-    return BlockScores(dict(zip(blocks, mean.tolist())), dict(zip(blocks, stderr.tolist())))
+    return BlockScores(dict(zip(blocks, mean.tolist())), dict(zip(blocks, stderr.tolist())),
+                       dict(zip(blocks, counts.tolist())))
 
 
 class GateScore:
@@ -96,21 +108,45 @@ class AfterSearchScore(GateScore):
     `score_val_batches` batches (all of them if it has fewer: with dropout off a batch seen again gives the same
     losses, so repeating one would only add cost and shrink the standard error), with dropout off. Outside the
     mixed-precision autocast: a block's effect on the loss can be 1e-4, below bf16's resolution at a loss of 1
-    (measured on SmolLM2 under bf16 autocast: every score a multiple of 6e-5)."""
+    (measured on SmolLM2 under bf16 autocast: every score a multiple of 6e-5).
+
+    With `score_early_stop`, every block is measured on the first FIRST_LOOK_BATCHES batches, then, batch by batch,
+    only the blocks whose score is within EARLY_STOP_Z standard errors of the selection's boundary (`boundary`): the
+    batches go where the selection is still in doubt, as in racing for top-k identification (Maron & Moore, 1994)."""
 
     def current(self, search) -> dict[int, float] | None:
         return None
 
     def result(self, search, trajectory, val_loader) -> BlockScores:
-        batches = list(itertools.islice(val_loader, search.options.score_val_batches))
+        batches = itertools.islice(val_loader, search.options.score_val_batches)
+        everyone = list(range(len(search.gates.blocks)))
         was_training = search.model.training
         search.model.eval()
         try:
-            return summarise(search.gates.blocks, self.per_batch(search, batches), search.trainer)
+            samples = []
+            for index, batch in enumerate(batches):
+                measured = everyone
+                if search.options.score_early_stop and index >= FIRST_LOOK_BATCHES:
+                    measured = self.in_doubt(search, samples)
+                    if not measured:
+                        break
+                samples.append(self.measure(search, batch, measured))
+            return summarise(search.gates.blocks, samples, search.trainer)
         finally:
             search.model.train(was_training)
 
-    def per_batch(self, search, batches) -> list[torch.Tensor]:
+    @staticmethod
+    def in_doubt(search, samples) -> list[int]:
+        """Positions of the blocks whose score so far is within EARLY_STOP_Z standard errors of the boundary."""
+        so_far = summarise(search.gates.blocks, samples, search.trainer)
+        line = boundary(so_far.scores, search.options)
+        if line is None:
+            return []
+        return [position for position, block in enumerate(search.gates.blocks)
+                if abs(so_far.scores[block] - line) <= EARLY_STOP_Z * so_far.stderr[block]]
+
+    def measure(self, search, batch, positions: list[int]) -> torch.Tensor:
+        """The score of the blocks at `positions` on one batch (NaN for the others, if it can leave them out)."""
         raise NotImplementedError
 
 
@@ -122,16 +158,15 @@ class AblationScore(AfterSearchScore):
     name = "ablation"
 
     @torch.no_grad()
-    def per_batch(self, search, batches) -> list[torch.Tensor]:
+    def measure(self, search, batch, positions: list[int]) -> torch.Tensor:
         replay = Replay(search.model.get_submodule(search.trainer.flexora_blocks.stack))
-        rises = torch.zeros(len(batches), len(search.gates.blocks), dtype=torch.float64)
-        for row, batch in enumerate(batches):
-            with replay.recording():
-                base = float(search.loss(batch, autocast=False))
-            for position, block in enumerate(search.gates.blocks):
-                with search.gates.switched_off(position), replay.below(block):
-                    rises[row, position] = float(search.loss(batch, autocast=False)) - base
-        return list(rises)
+        rises = torch.full((len(search.gates.blocks),), math.nan, dtype=torch.float64)
+        with replay.recording():
+            base = float(search.loss(batch, autocast=False))
+        for position in positions:
+            with search.gates.switched_off(position), replay.below(search.gates.blocks[position]):
+                rises[position] = float(search.loss(batch, autocast=False)) - base
+        return rises
 
 
 class FinalTaylorScore(AfterSearchScore):
@@ -141,13 +176,11 @@ class FinalTaylorScore(AfterSearchScore):
 
     name = "final_taylor"
 
-    def per_batch(self, search, batches) -> list[torch.Tensor]:
-        samples = []
+    def measure(self, search, batch, positions: list[int]) -> torch.Tensor:
+        """Every block's term (one backward pass gives them all)."""
         with search.gates.mask_gradient(), search.lora_frozen():
-            for batch in batches:
-                (gradient,) = torch.autograd.grad(search.loss(batch, autocast=False), search.gates.mask)
-                samples.append(-gradient.detach().double())
-        return samples
+            (gradient,) = torch.autograd.grad(search.loss(batch, autocast=False), search.gates.mask)
+        return -gradient.detach().double()
 
 
 class Replay:

@@ -39,6 +39,7 @@ class SearchResult:
     settled_at: int | None = None  # the inner step after which the selection stopped changing (`search_patience`)
     scores: dict[int, float] = field(default_factory=dict)  # by `selection_score`; alpha for the gate score
     score_stderr: dict[int, float] = field(default_factory=dict)
+    score_batches: dict[int, int] | None = None  # validation batches behind each block's score (None for the gate)
 
 
 class GateSearch:
@@ -184,7 +185,7 @@ class GateSearch:
         if result.trajectory:
             score_start = time.perf_counter()
             scores = self.score.result(self, result.trajectory, val_loader)
-            result.scores, result.score_stderr = scores.scores, scores.stderr
+            result.scores, result.score_stderr, result.score_batches = scores.scores, scores.stderr, scores.batches
             result.score_seconds = time.perf_counter() - score_start
         result.seconds = time.perf_counter() - start
         result.alpha = self.gates.as_dict()

@@ -31,6 +31,19 @@ def choose_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[i
     return sorted(chosen)
 
 
+def boundary(scores: dict[int, float], options: FlexoraArguments) -> float | None:
+    """The score that separates the kept blocks from the dropped ones: 0 where `positive`'s sign alone decided, else
+    halfway between the weakest kept and the strongest dropped score; None when nothing is kept or nothing dropped."""
+    kept = choose_blocks(scores, options)
+    dropped = [block for block in scores if block not in kept]
+    if not kept or not dropped:
+        return None
+    weakest, strongest = min(scores[b] for b in kept), max(scores[b] for b in dropped)
+    if options.selection_rule == "positive" and strongest <= 0 < weakest:
+        return 0.0
+    return (weakest + strongest) / 2
+
+
 def select_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[int]:
     """`choose_blocks`, saying in the log when the min/max bounds changed what the rule kept."""
     ranked, kept = _by_rule(scores, options)
@@ -66,6 +79,10 @@ def log_scores(name: str, result, selected: list[int], split: dict) -> None:
     logger.info("Flexora: %s score per block (+- standard error over validation batches; * = kept): %s", name,
                 ", ".join(f"{b}{'*' if b in selected else ''} {result.scores[b]:.4g}+-{result.score_stderr[b]:.2g}"
                           for b in ranked))
+    counts = set((result.score_batches or {}).values())
+    if name in ("ablation", "final_taylor") and len(counts) > 1:
+        logger.info("Flexora: `score_early_stop` measured each block on %d to %d validation batches (%d block-batches "
+                    "in all).", min(counts), max(counts), sum(result.score_batches.values()))
     if split["separated"] is None:
         logger.warning(
             "Flexora: the %s score has no spread to compare the weakest kept block (%d) and the strongest dropped "

@@ -5,16 +5,17 @@ the separation of kept and dropped blocks."""
 
 import contextlib
 import itertools
+import statistics
 
 import pytest
 import torch
 
 from flexora_trl.gates import BlockGates
 from flexora_trl.hypergradient import FirstOrder
-from flexora_trl.scores import AblationScore, FinalTaylorScore, TaylorScore
+from flexora_trl.scores import AblationScore, FinalTaylorScore, TaylorScore, summarise
 from flexora_trl.search import GateSearch
 from flexora_trl.search_data import search_dataloaders
-from flexora_trl.selection import separation
+from flexora_trl.selection import boundary, separation
 from tiny import float64_search, flexora_trainer
 
 
@@ -174,7 +175,9 @@ def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir,
     scores = record.scores
     assert set(scores) == set(range(4)) and set(record.score_stderr) == set(range(4))
     if score == "gate":
-        assert record.scores == record.alpha
+        assert record.scores == record.alpha and record.score_batches is None
+    else:  # the validation batches behind each score: taylor's 2 per outer step, or those measured after the search
+        assert record.score_batches == {block: 4 * 2 if score == "taylor" else 2 for block in range(4)}
     expected = sorted(b for b, v in scores.items() if v > 0) or [max(scores, key=scores.get)]
     assert record.selected_layers == expected
     assert isinstance(record.score_separation["separated"], bool)
@@ -216,3 +219,42 @@ def test_taylor_without_outer_steps_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match="no outer step"):
         TaylorScore().result(Empty(), [], None)
+
+
+def test_summarise_takes_each_block_over_its_own_batches():
+    """NaN = a block not measured on that batch (`score_early_stop`): its mean, standard error and count are over
+    the batches it was measured on; with none missing, the plain mean and standard error of the mean."""
+    samples = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, float("nan")]), torch.tensor([5.0, float("nan")])]
+    result = summarise([7, 9], samples)
+    assert result.scores == {7: pytest.approx(3.0), 9: pytest.approx(2.0)}
+    assert result.stderr == {7: pytest.approx(statistics.stdev([1, 3, 5]) / 3**0.5), 9: 0.0}
+    assert result.batches == {7: 3, 9: 1}
+
+
+def test_early_stop_measures_only_the_blocks_in_doubt(tiny_gpt2_dir, chat_examples, tmp_path):
+    """`score_early_stop`: every block on the first 8 batches, then only those within 2 standard errors of the
+    boundary of the current scores, batch by batch (replayed here in plain Python on the per-batch rises of the
+    same batches); a block's score is the mean over its own batches, and the pass is shorter than the full one."""
+    search, _, val_loader = float64_search(
+        tiny_gpt2_dir, chat_examples[:64], tmp_path, inner_steps=3, learning_rate=1e-2, selection_score="ablation",
+        per_device_eval_batch_size=1, search_holdout_samples=16, score_val_batches=16, score_early_stop=True,
+        selection_rule="top_k", selection_top_k=2)
+    search.model.eval()
+    blocks, everyone = search.gates.blocks, list(range(len(search.gates.blocks)))
+    rises = [search.score.measure(search, batch, everyone).tolist() for batch in val_loader]
+    assert len(rises) == 16
+    kept = {position: [] for position in everyone}
+    for index, row in enumerate(rises):
+        doubt = everyone
+        if index >= 8:
+            means = {blocks[p]: statistics.mean(kept[p]) for p in everyone}
+            line = boundary(means, search.options)
+            doubt = [p for p in everyone
+                     if abs(means[blocks[p]] - line) <= 2 * statistics.stdev(kept[p]) / len(kept[p]) ** 0.5]
+        for position in doubt:
+            kept[position].append(row[position])
+    result = search.score.result(search, [], val_loader)
+    assert result.batches == {blocks[p]: len(kept[p]) for p in everyone}
+    assert result.scores == {blocks[p]: pytest.approx(statistics.mean(kept[p]), rel=1e-9) for p in everyone}
+    assert min(result.batches.values()) < 16 and max(result.batches.values()) > 8  # some stopped, some went on
+    search.gates.remove()

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from flexora_trl.options import FlexoraArguments
-from flexora_trl.selection import select_blocks
+from flexora_trl.selection import boundary, select_blocks
 
 ALPHA = {0: 0.30, 1: -0.10, 2: 0.05, 3: -0.40, 4: 0.20, 5: -0.05}
 
@@ -44,6 +44,15 @@ def test_min_layers_beyond_the_candidates_keeps_all():
     assert select_blocks({0: -1.0, 1: 1.0}, rule(selection_min_layers=5)) == [0, 1]
 
 
+def test_the_boundary_lies_between_the_kept_and_the_dropped_scores():
+    """Halfway between the weakest kept and the strongest dropped score (top 2: 0.20 and 0.05); 0 where `positive`'s
+    sign decided alone; halfway again where a bound moved the cut; none when nothing is dropped."""
+    assert boundary(ALPHA, rule(selection_rule="top_k", selection_top_k=2)) == pytest.approx((0.20 + 0.05) / 2)
+    assert boundary(ALPHA, rule(selection_rule="positive")) == 0.0
+    assert boundary(ALPHA, rule(selection_rule="positive", selection_max_layers=2)) == pytest.approx(0.125)
+    assert boundary(ALPHA, rule(selection_rule="top_k", selection_top_k=6)) is None
+
+
 @pytest.mark.parametrize("options, key", [
     (dict(gate_lr=0), "gate_lr"),
     (dict(gate_lr=-0.01), "gate_lr"),
@@ -58,6 +67,8 @@ def test_min_layers_beyond_the_candidates_keeps_all():
     (dict(hypergradient="second_order"), "hypergradient"),
     (dict(unroll_steps=0), "unroll_steps"),
     (dict(search_val_batches=0), "search_val_batches"),
+    (dict(score_early_stop="yes", selection_score="ablation"), "score_early_stop"),
+    (dict(score_early_stop=True), "score_early_stop"),  # the gate score has no batches to stop
 ])
 def test_out_of_range_options_name_the_key(options, key):
     with pytest.raises(ValueError, match=key):
