@@ -32,16 +32,17 @@ def choose_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[i
 
 
 def boundary(scores: dict[int, float], options: FlexoraArguments) -> float | None:
-    """The score that separates the kept blocks from the dropped ones: 0 where `positive`'s sign alone decided, else
-    halfway between the weakest kept and the strongest dropped score; None when nothing is kept or nothing dropped."""
+    """The score that separates the kept blocks from the dropped ones: 0 where `positive`'s sign alone decided (even
+    if it kept every block), else halfway between the weakest kept and the strongest dropped score; None when a
+    count alone decided and nothing is dropped."""
     kept = choose_blocks(scores, options)
     dropped = [block for block in scores if block not in kept]
+    if options.selection_rule == "positive" and all(scores[b] > 0 for b in kept) and all(
+            scores[b] <= 0 for b in dropped):
+        return 0.0
     if not kept or not dropped:
         return None
-    weakest, strongest = min(scores[b] for b in kept), max(scores[b] for b in dropped)
-    if options.selection_rule == "positive" and strongest <= 0 < weakest:
-        return 0.0
-    return (weakest + strongest) / 2
+    return (min(scores[b] for b in kept) + max(scores[b] for b in dropped)) / 2
 
 
 def select_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[int]:

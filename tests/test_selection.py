@@ -46,9 +46,10 @@ def test_min_layers_beyond_the_candidates_keeps_all():
 
 def test_the_boundary_lies_between_the_kept_and_the_dropped_scores():
     """Halfway between the weakest kept and the strongest dropped score (top 2: 0.20 and 0.05); 0 where `positive`'s
-    sign decided alone; halfway again where a bound moved the cut; none when nothing is dropped."""
+    sign decided alone; halfway again where a bound moved the cut; none when a count keeps every block."""
     assert boundary(ALPHA, rule(selection_rule="top_k", selection_top_k=2)) == pytest.approx((0.20 + 0.05) / 2)
     assert boundary(ALPHA, rule(selection_rule="positive")) == 0.0
+    assert boundary({0: 0.1, 1: 0.2}, rule(selection_rule="positive")) == 0.0  # all kept: a sign could still flip
     assert boundary(ALPHA, rule(selection_rule="positive", selection_max_layers=2)) == pytest.approx(0.125)
     assert boundary(ALPHA, rule(selection_rule="top_k", selection_top_k=6)) is None
 
