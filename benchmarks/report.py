@@ -222,8 +222,8 @@ def planted_table(results) -> list[str]:
     if not results.get("planted"):
         return []
     lines = ["| LoRA on | seed | score | planted | selected | precision | top-k by score | top-k precision | "
-             "top-k precision by alpha | chance | teacher's change | search s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "top-k precision by alpha | chance | teacher's change | search s | score s | block-batches |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results["planted"], key=lambda r: (r["targets"], r["planted_set"], r["seed"])):
         teacher = r["teacher"]  # greedy: how many answers it changed; the sampled designs: its KL where answers go
         change = (f"{teacher['fraction_answers_differing_from_base']:.2f} of answers"
@@ -236,8 +236,10 @@ def planted_table(results) -> list[str]:
                      f"{r['selected_layers']} | {r['precision']:.2f} | "
                      f"{r['topk_selected']} | {r['topk_precision']:.2f} | "
                      f"{'-' if by_alpha is None else f'{by_alpha:.2f}'} | {r['chance_precision']:.2f} | "
-                     f"{change} | {r['search_seconds']:.1f} |")
+                     f"{change} | {r['search_seconds']:.1f} | {_fmt(r.get('score_seconds'), '.1f')} | "
+                     f"{_fmt(sum((r.get('score_batches') or {}).values()) or None, 'd')} |")
     return lines
+
 
 
 def cost_table(results) -> list[str]:
