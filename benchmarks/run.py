@@ -515,7 +515,8 @@ def run_job(item):
         harness = Harness(args)
         getattr(harness, job[0])(*job[1:])
         results, error = harness.results, None
-    except Exception:  # keep the other jobs going; `--resume` runs a failed job again
+    except (Exception, SystemExit):  # keep the other jobs going; `--resume` runs a failed job again. A SystemExit
+        # (a task with too few examples, missing data) would end the worker, and the pool would wait for it forever.
         import traceback
 
         traceback.print_exc()

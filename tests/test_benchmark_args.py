@@ -77,3 +77,17 @@ def test_planted_prompts_size_the_search_and_its_hold_out():
     assert (profile["planted_prompts"], profile["planted_samples"]) == (1024, 768)
     default = profile_of(parse_args(["--profile", "dev"]))
     assert (default["planted_prompts"], default["planted_samples"]) == (256, 192)
+
+
+def test_a_job_that_exits_fails_alone_instead_of_hanging_the_pool(monkeypatch):
+    """A SystemExit inside a worker (a task with fewer usable examples than the run needs) used to end the worker
+    process: `Pool.imap_unordered` then waited forever for its result. `run_job` returns it as the job's error."""
+    import benchmarks.run as run
+
+    class TooFewExamples:
+        def __init__(self, args):
+            raise SystemExit("language_identification: 3429 usable examples, fewer than n_test + n_train = 8200")
+
+    monkeypatch.setattr(run, "Harness", TooFewExamples)
+    job, results, error, _ = run.run_job((("long", "flexora"), parse_args(["--profile", "quick"])))
+    assert job == ("long", "flexora") and results == {} and "3429 usable examples" in error
