@@ -17,6 +17,7 @@ from typing import Optional
 VALIDATION_SOURCES = ("holdout", "eval_dataset")
 SELECTION_RULES = ("positive", "top_k", "top_fraction")
 GATE_OPTIMIZERS = ("adam", "sgd")
+AFTER_SEARCH_SCORES = ("ablation", "final_taylor")  # measured once the search is over, on validation batches
 
 
 @dataclass
@@ -169,7 +170,7 @@ class FlexoraArguments:
         _check_int(self, "search_holdout_samples", minimum=1)
         _check_int(self, "search_val_batches", minimum=1)
         _check_int(self, "search_patience", minimum=1, optional=True)
-        if self.search_patience is not None and self.selection_score in ("ablation", "final_taylor"):
+        if self.search_patience is not None and self.selection_score in AFTER_SEARCH_SCORES:
             raise ValueError("`search_patience` needs a score that exists during the search ('gate' or 'taylor'); "
                              f"the {self.selection_score!r} score is measured after it.")
         _check_int(self, "search_outer_every", minimum=1)
@@ -187,7 +188,7 @@ class FlexoraArguments:
         _check_int(self, "score_val_batches", minimum=1)
         if not isinstance(self.score_early_stop, bool):
             raise ValueError(f"`score_early_stop` must be true or false, got {self.score_early_stop!r}.")
-        if self.score_early_stop and self.selection_score not in ("ablation", "final_taylor"):
+        if self.score_early_stop and self.selection_score not in AFTER_SEARCH_SCORES:
             raise ValueError("`score_early_stop` needs a score measured after the search ('ablation' or "
                              f"'final_taylor'); the {self.selection_score!r} score has no batches to stop.")
         _check_choice(self, "hypergradient", tuple(STRATEGIES))

@@ -81,7 +81,7 @@ def log_scores(name: str, result, selected: list[int], split: dict) -> None:
                 ", ".join(f"{b}{'*' if b in selected else ''} {result.scores[b]:.4g}+-{result.score_stderr[b]:.2g}"
                           for b in ranked))
     counts = set((result.score_batches or {}).values())
-    if name in ("ablation", "final_taylor") and len(counts) > 1:
+    if len(counts) > 1:  # only `score_early_stop` measures blocks on different numbers of batches
         logger.info("Flexora: `score_early_stop` measured each block on %d to %d validation batches (%d block-batches "
                     "in all).", min(counts), max(counts), sum(result.score_batches.values()))
     if split["separated"] is None:
