@@ -27,7 +27,7 @@ class BlockGates:
     (or the end of a `with` block).
 
     Besides the gate, each block's LoRA output is multiplied by `mask[l]` (1 unless a score changes it): a block's
-    LoRA is switched off with `mask[l] = 0` (the `ablation` score), and the gradient of the validation loss with
+    LoRA is switched off with `mask[l] = 0` (the `ablation` score, `search_block_dropout`), and the gradient of the validation loss with
     respect to `mask` at 1 is the first-order estimate of that switch (the `taylor` score). Multiplying by 1 keeps
     the outputs exactly those of plain LoRA.
     """
@@ -69,8 +69,9 @@ class BlockGates:
             self.mask.grad = None
 
     @contextlib.contextmanager
-    def switched_off(self, position: int):
-        """The LoRA of the block at `position` contributes nothing within this block (the `ablation` score)."""
+    def switched_off(self, position):
+        """The LoRA of the block at `position` (an index, or a boolean tensor over the blocks) contributes nothing
+        within this block (the `ablation` score, `search_block_dropout`)."""
         with torch.no_grad():
             self.mask[position] = 0.0
         try:

@@ -88,6 +88,14 @@ class FlexoraArguments:
         metadata={"help": "Fraction of the search's inner steps taken before the first outer step, so that LoRA's B "
                   "has left zero (where the gates get no gradient) before the gates move or are scored; in [0, 1)."},
     )
+    search_block_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Probability that a block's LoRA is switched off for an inner step (each block on its own, a "
+                  "new draw every inner step, with the seed; no rescaling): the blocks' LoRAs learn parts that help "
+                  "whatever the other blocks do instead of parts that only work as a team (dropout against "
+                  "co-adaptation), so a score that switches one block off sees that block's own part. In [0, 1); "
+                  "0 = off (the authors). First-order hypergradient only."},
+    )
     selection_score: str = field(
         default="gate",
         metadata={"help": "What ranks the blocks: `gate` = alpha (the paper; `positive` keeps alpha > 0, a gate above "
@@ -180,6 +188,12 @@ class FlexoraArguments:
         fraction = self.gate_warmup_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
             raise ValueError(f"`gate_warmup_fraction` must be a number in [0, 1), got {fraction!r}.")
+        dropout = self.search_block_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"`search_block_dropout` must be a number in [0, 1), got {dropout!r}.")
+        if dropout and self.hypergradient != "first_order":
+            raise ValueError("`search_block_dropout` needs hypergradient='first_order': the unrolled look-ahead would "
+                             "differentiate through inner steps taken with every block on.")
         # The strategies' own names are the choices (imported here, not with this module, which stays torch-free).
         from .hypergradient import STRATEGIES
         from .scores import SCORES

@@ -65,6 +65,9 @@ class GateSearch:
         self.score = get_score(options.selection_score)
         self._selections: list[tuple[int, ...]] = []  # after every outer step, for `search_patience`
         self.accumulation = args.gradient_accumulation_steps
+        # `search_block_dropout`'s draws: their own generator, so the data order and the LoRA init stay those of a
+        # search without it (the same on every rank: same seed).
+        self.dropout_draws = torch.Generator().manual_seed(args.seed)
 
     def loss(self, batch, lora_weights=None, autocast: bool = True) -> torch.Tensor:
         """The trainer's own loss (SFT's label masking, loss type...), under its mixed-precision autocast unless
@@ -107,10 +110,11 @@ class GateSearch:
         """One LoRA optimizer step over `gradient_accumulation_steps` micro-batches, gates detached; returns the
         loss averaged across ranks (a non-finite one skips the step on every rank alike)."""
         total = torch.zeros((), device=self.gates.alpha.device)
-        for batch in batches:
-            loss = self.loss(batch) / len(batches)
-            loss.backward()
-            total += loss.detach().float()
+        with self._block_dropout():
+            for batch in batches:
+                loss = self.loss(batch) / len(batches)
+                loss.backward()
+                total += loss.detach().float()
         self._average_across_ranks(self.lora_params)
         total = _mean_across_ranks(self.trainer, total)
         if not torch.isfinite(total):
@@ -121,6 +125,14 @@ class GateSearch:
         self.inner_optimizer.step()
         self.inner_optimizer.zero_grad(set_to_none=True)
         return total
+
+    def _block_dropout(self):
+        """Within this block each block's LoRA is off with probability `search_block_dropout` (one draw per inner
+        step, for all its micro-batches)."""
+        if not self.options.search_block_dropout:
+            return contextlib.nullcontext()
+        draws = torch.rand(len(self.gates.blocks), generator=self.dropout_draws)
+        return self.gates.switched_off((draws < self.options.search_block_dropout).to(self.gates.mask.device))
 
     def _outer_step(self, val_batches, lookahead) -> torch.Tensor:
         self.gate_optimizer.zero_grad(set_to_none=True)

@@ -258,3 +258,18 @@ def test_early_stop_measures_only_the_blocks_in_doubt(tiny_gpt2_dir, chat_exampl
     assert result.scores == {blocks[p]: pytest.approx(statistics.mean(kept[p]), rel=1e-9) for p in everyone}
     assert min(result.batches.values()) < 16 and max(result.batches.values()) > 8  # some stopped, some went on
     search.gates.remove()
+
+
+def test_block_dropout_trains_only_the_blocks_drawn_on(tiny_gpt2_dir, chat_examples, tmp_path):
+    """`search_block_dropout`: on an inner step the LoRA of a block drawn off gets no gradient, so its B (0 at init)
+    stays exactly 0 while the others' move; the draws come from the seed, and every block is on again after."""
+    search, _, _ = float64_search(tiny_gpt2_dir, chat_examples[:64], tmp_path, inner_steps=1, learning_rate=1e-2,
+                                  search_block_dropout=0.5)
+    off = torch.rand(len(search.gates.blocks), generator=torch.Generator().manual_seed(search.trainer.args.seed)) < 0.5
+    assert 0 < int(off.sum()) < len(off)  # the seed's first draw switches some blocks off and leaves some on
+    for position, block in enumerate(search.gates.blocks):
+        moved = [bool(param.abs().sum() > 0) for name, param in zip(search.lora_names, search.lora_params)
+                 if "lora_B" in name and f".h.{block}." in name]
+        assert moved and all(m == (not off[position]) for m in moved), (block, moved)
+    assert bool((search.gates.mask == 1).all())
+    search.gates.remove()

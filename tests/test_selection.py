@@ -70,6 +70,9 @@ def test_the_boundary_lies_between_the_kept_and_the_dropped_scores():
     (dict(search_val_batches=0), "search_val_batches"),
     (dict(score_early_stop="yes", selection_score="ablation"), "score_early_stop"),
     (dict(score_early_stop=True), "score_early_stop"),  # the gate score has no batches to stop
+    (dict(search_block_dropout=1.0), "search_block_dropout"),
+    (dict(search_block_dropout=True), "search_block_dropout"),
+    (dict(search_block_dropout=0.5, hypergradient="unrolled"), "search_block_dropout"),
 ])
 def test_out_of_range_options_name_the_key(options, key):
     with pytest.raises(ValueError, match=key):
