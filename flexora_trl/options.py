@@ -17,7 +17,8 @@ from typing import Optional
 VALIDATION_SOURCES = ("holdout", "eval_dataset")
 SELECTION_RULES = ("positive", "top_k", "top_fraction")
 GATE_OPTIMIZERS = ("adam", "sgd")
-AFTER_SEARCH_SCORES = ("ablation", "final_taylor")  # measured once the search is over, on validation batches
+# Measured once the search is over, on validation batches.
+AFTER_SEARCH_SCORES = ("ablation", "insertion", "final_taylor")
 
 
 @dataclass
@@ -58,7 +59,7 @@ class FlexoraArguments:
         default=None,
         metadata={"help": "End the search once the selection (by `selection_score` so far, under the selection rule) "
                   "has stayed the same for this many outer steps; the record says when. Not available with the "
-                  "`ablation` score, which is measured after the search. None: run the whole budget."},
+                  "scores measured after it (`ablation`, `insertion`, `final_taylor`). None: run the whole budget."},
     )
     search_val_batches: int = field(
         default=2,
@@ -104,24 +105,27 @@ class FlexoraArguments:
                   "of how much the validation loss rises when the block's LoRA is switched off (`positive` keeps "
                   "blocks whose removal would raise it); `ablation` = that rise measured after the search, with one "
                   "block's LoRA switched off at a time on `score_val_batches` validation batches (forward passes "
-                  "only; `positive` keeps blocks whose removal raises the validation loss); `final_taylor` = the "
+                  "only; `positive` keeps blocks whose removal raises the validation loss); `insertion` = the other "
+                  "end: the validation loss with every block's LoRA off minus with only this block's on, on the same "
+                  "batches (`positive` keeps blocks whose LoRA alone lowers the validation loss); `final_taylor` = the "
                   "taylor term taken after the search on those batches, at the final LoRA: ablation's first-order "
                   "estimate for one forward and backward pass per batch."},
     )
     score_val_batches: int = field(
         default=8,
-        metadata={"help": "Validation micro-batches the `ablation` and `final_taylor` scores measure every block on "
-                  "(the same batches for every block, so the differences are paired; at most the validation set's "
-                  "batches, each taken once). More batches, less noise in the ranking, for one pass each: a number "
-                  "above the validation set's batch count measures every held-out row."},
+        metadata={"help": "Validation micro-batches the `ablation`, `insertion` and `final_taylor` scores measure "
+                  "every block on (the same batches for every block, so the differences are paired; at most the "
+                  "validation set's batches, each taken once). More batches, less noise in the ranking, for one pass "
+                  "each: a number above the validation set's batch count measures every held-out row."},
     )
     score_early_stop: bool = field(
         default=False,
-        metadata={"help": "With `ablation` or `final_taylor` and `score_val_batches` above 8: measure every block on "
-                  "the first 8 batches, then, batch by batch, only the blocks whose score is still within 2 standard "
-                  "errors of the selection's boundary (0 for `positive`, else halfway between the weakest kept and "
-                  "the strongest dropped block), until none is or `score_val_batches` is reached. The batches go "
-                  "where the selection is in doubt; the record's `score_batches` says how many each block got."},
+        metadata={"help": "With a score measured after the search and `score_val_batches` above 8: measure every "
+                  "block on the first 8 batches, then, batch by batch, only the blocks whose score is still within 2 "
+                  "standard errors of the selection's boundary (0 for `positive`, else halfway between the weakest "
+                  "kept and the strongest dropped block), until none is or `score_val_batches` is reached. The "
+                  "batches go where the selection is in doubt; the record's `score_batches` says how many each block "
+                  "got."},
     )
     hypergradient: str = field(
         default="first_order",
@@ -203,8 +207,9 @@ class FlexoraArguments:
         if not isinstance(self.score_early_stop, bool):
             raise ValueError(f"`score_early_stop` must be true or false, got {self.score_early_stop!r}.")
         if self.score_early_stop and self.selection_score not in AFTER_SEARCH_SCORES:
-            raise ValueError("`score_early_stop` needs a score measured after the search ('ablation' or "
-                             f"'final_taylor'); the {self.selection_score!r} score has no batches to stop.")
+            raise ValueError("`score_early_stop` needs a score measured after the search ("
+                             f"{', '.join(map(repr, AFTER_SEARCH_SCORES))}); the {self.selection_score!r} score has "
+                             "no batches to stop.")
         _check_choice(self, "hypergradient", tuple(STRATEGIES))
         _check_int(self, "unroll_steps", minimum=1)
         _check_choice(self, "selection_rule", SELECTION_RULES)

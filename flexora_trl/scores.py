@@ -1,5 +1,5 @@
-"""What ranks the blocks after the search (the `selection_score` option): `gate`, `taylor`, `ablation` or
-`final_taylor`.
+"""What ranks the blocks after the search (the `selection_score` option): `gate`, `taylor`, `ablation`, `insertion`
+or `final_taylor`.
 
 Every score gives each block a mean and a standard error over validation batches, so the selection can tell whether
 its kept and dropped blocks are apart beyond the noise. Why more than the gate: a gate's size is not the block's
@@ -153,20 +153,45 @@ class AfterSearchScore(GateScore):
 class AblationScore(AfterSearchScore):
     """The validation loss with one block's LoRA switched off minus with all on, on the same batches for every block
     (forward passes only). Switching off block l cannot change what the blocks below l compute, so those replay their
-    outputs from the batch's full pass (`Replay`): a block's pass costs the blocks from l up and the head."""
+    outputs from the batch's reference pass (`Replay`): a block's pass costs the blocks from l up and the head."""
 
     name = "ablation"
+    sign = 1.0  # the score is sign x (loss of a block's pass - loss of the reference pass)
+
+    @staticmethod
+    def switched_off(count: int, position: int | None) -> torch.Tensor:
+        """The blocks whose LoRA is off in the reference pass (position None) and in the pass of block `position`."""
+        off = torch.zeros(count, dtype=torch.bool)
+        if position is not None:
+            off[position] = True
+        return off
 
     @torch.no_grad()
     def measure(self, search, batch, positions: list[int]) -> torch.Tensor:
         replay = Replay(search.model.get_submodule(search.trainer.flexora_blocks.stack))
-        rises = torch.full((len(search.gates.blocks),), math.nan, dtype=torch.float64)
-        with replay.recording():
-            base = float(search.loss(batch, autocast=False))
+        count = len(search.gates.blocks)
+        scores = torch.full((count,), math.nan, dtype=torch.float64)
+        with replay.recording(), search.gates.switched_off(self.switched_off(count, None)):
+            reference = float(search.loss(batch, autocast=False))
         for position in positions:
-            with search.gates.switched_off(position), replay.below(search.gates.blocks[position]):
-                rises[position] = float(search.loss(batch, autocast=False)) - base
-        return rises
+            with search.gates.switched_off(self.switched_off(count, position)), \
+                    replay.below(search.gates.blocks[position]):
+                scores[position] = self.sign * (float(search.loss(batch, autocast=False)) - reference)
+        return scores
+
+
+class InsertionScore(AblationScore):
+    """Ablation's other end (leave one in instead of one out): the validation loss with every LoRA switched off
+    minus with only block l's on. Left out, a block shows what the others cannot make up for; on its own, what its
+    LoRA does by itself, whatever the other blocks learned alongside it. The blocks below l replay the pass with
+    every LoRA off."""
+
+    name = "insertion"
+    sign = -1.0
+
+    @staticmethod
+    def switched_off(count: int, position: int | None) -> torch.Tensor:
+        return ~AblationScore.switched_off(count, position)
 
 
 class FinalTaylorScore(AfterSearchScore):
@@ -228,7 +253,7 @@ def _recorded(output, *args, **kwargs):
     return output
 
 
-SCORES = {score.name: score for score in (GateScore, TaylorScore, AblationScore, FinalTaylorScore)}
+SCORES = {score.name: score for score in (GateScore, TaylorScore, AblationScore, InsertionScore, FinalTaylorScore)}
 
 
 def get_score(name: str):

@@ -12,7 +12,7 @@ import torch
 
 from flexora_trl.gates import BlockGates
 from flexora_trl.hypergradient import FirstOrder
-from flexora_trl.scores import AblationScore, FinalTaylorScore, TaylorScore, summarise
+from flexora_trl.scores import AblationScore, FinalTaylorScore, InsertionScore, TaylorScore, summarise
 from flexora_trl.search import GateSearch
 from flexora_trl.search_data import search_dataloaders
 from flexora_trl.selection import boundary, separation
@@ -99,16 +99,40 @@ def test_ablation_score_is_the_loss_with_the_block_switched_off(trained_search):
     assert float(search.gates.mask.min()) == 1.0  # every block switched back on
 
 
-@pytest.mark.parametrize("trained_search", ["ablation"], indirect=True)
+@pytest.mark.parametrize("trained_search", ["insertion"], indirect=True)
+def test_insertion_score_is_the_loss_drop_of_the_block_alone(trained_search):
+    search, val_loader = trained_search
+    result = InsertionScore().result(search, [], val_loader)
+    batches = list(val_loader)[:2]
+    blocks = search.gates.blocks
+    with _only_lora(search, blocks, None):
+        nothing = _val_loss(search, batches)
+    for block in blocks:
+        with _only_lora(search, blocks, block):
+            alone = _val_loss(search, batches)
+        assert result.scores[block] == pytest.approx((nothing - alone) / len(batches), rel=1e-4)
+    assert float(search.gates.mask.min()) == 1.0  # every block switched back on
+
+
+def _only_lora(search, blocks, kept):
+    """Every block but `kept` without LoRA (B weights zeroed)."""
+    stack = contextlib.ExitStack()
+    for block in blocks:
+        if block != kept:
+            stack.enter_context(_without_lora(search, block))
+    return stack
+
+
+@pytest.mark.parametrize("trained_search", ["ablation", "insertion"], indirect=True)
 def test_ablation_runs_only_the_blocks_a_switch_can_change(trained_search):
-    """Block i runs once per batch for the full pass and once for each switched-off block at or below it; the blocks
-    below replay their outputs (the scores staying the measured losses is the test above)."""
+    """Block i runs once per batch for the reference pass and once for each switched block at or below it; the
+    blocks below replay their outputs (the scores staying the measured losses is the tests above)."""
     search, val_loader = trained_search
     stack = search.model.get_submodule(search.trainer.flexora_blocks.stack)
     runs = [0] * len(stack)
     handles = [block.mlp.register_forward_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1))
                for i, block in enumerate(stack)]
-    AblationScore().result(search, [], val_loader)
+    search.score.result(search, [], val_loader)
     for handle in handles:
         handle.remove()
     batches = search.options.score_val_batches
@@ -160,7 +184,7 @@ def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_d
     search.gates.remove()
 
 
-@pytest.mark.parametrize("score", ["gate", "taylor", "ablation", "final_taylor"])
+@pytest.mark.parametrize("score", ["gate", "taylor", "ablation", "insertion", "final_taylor"])
 def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir, chat_examples, tmp_path):
     trainer = flexora_trainer(
         tiny_llama_dir, tmp_path / score, chat_examples[:48], selection_score=score, gate_warmup_fraction=0.5,
