@@ -25,10 +25,9 @@ MIN_SEARCH_STEPS = 32
 # steps. Measured on SmolLM2 trained in bf16 on a CPU, where the score runs in float32 (outside autocast) and so costs
 # more than a bf16 pass (benchmarks/README.md, "The four scores on the `repair` design"): `final_taylor`, one forward
 # and backward pass, 1.1-1.6; `ablation`, the full pass about 0.7 and each candidate block's pass from that block up
-# about 0.4 (the blocks below replayed; `insertion` runs the same passes). The upper ends, so a float32 run's estimate
-# is on the safe side.
-# (per batch, per candidate and batch)
-SCORE_STEP_COST = {"final_taylor": (1.6, 0.0), "ablation": (0.7, 0.4), "insertion": (0.7, 0.4)}
+# about 0.4 (the blocks below replayed; `insertion` and `banzhaf` run the same passes). The upper ends, so a float32
+# run's estimate is on the safe side. (per batch, per candidate and batch)
+SCORE_STEP_COST = {"final_taylor": (1.6, 0.0), **dict.fromkeys(("ablation", "insertion", "banzhaf"), (0.7, 0.4))}
 
 
 @dataclass

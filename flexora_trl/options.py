@@ -18,7 +18,7 @@ VALIDATION_SOURCES = ("holdout", "eval_dataset")
 SELECTION_RULES = ("positive", "top_k", "top_fraction")
 GATE_OPTIMIZERS = ("adam", "sgd")
 # Measured once the search is over, on validation batches.
-AFTER_SEARCH_SCORES = ("ablation", "insertion", "final_taylor")
+AFTER_SEARCH_SCORES = ("ablation", "insertion", "banzhaf", "final_taylor")
 
 
 @dataclass
@@ -58,8 +58,9 @@ class FlexoraArguments:
     search_patience: Optional[int] = field(
         default=None,
         metadata={"help": "End the search once the selection (by `selection_score` so far, under the selection rule) "
-                  "has stayed the same for this many outer steps; the record says when. Not available with the "
-                  "scores measured after it (`ablation`, `insertion`, `final_taylor`). None: run the whole budget."},
+                  "has stayed the same for this many outer steps; the record says when. Not available with the scores "
+                  "measured after it (`ablation`, `insertion`, `banzhaf`, `final_taylor`). None: run the whole "
+                  "budget."},
     )
     search_val_batches: int = field(
         default=2,
@@ -94,29 +95,34 @@ class FlexoraArguments:
         metadata={"help": "Probability that a block's LoRA is switched off for an inner step (each block on its own, a "
                   "new draw every inner step, with the seed; no rescaling): the blocks' LoRAs learn parts that help "
                   "whatever the other blocks do instead of parts that only work as a team (dropout against "
-                  "co-adaptation), so a score that switches one block off sees that block's own part. In [0, 1); "
-                  "0 = off (the authors). First-order hypergradient only."},
+                  "co-adaptation). Score such a search with `banzhaf`, in the contexts it trained in, not with "
+                  "`ablation`: all on, the parts overshoot (measured). In [0, 1); 0 = off (the authors). First-order "
+                  "hypergradient only."},
     )
     selection_score: str = field(
         default="gate",
         metadata={"help": "What ranks the blocks: `gate` = alpha (the paper; `positive` keeps alpha > 0, a gate above "
-                  "the mean); `taylor` = minus the gradient of the validation loss with respect to a multiplier on "
-                  "the block's LoRA output, averaged over the outer steps' validation batches: a first-order estimate "
-                  "of how much the validation loss rises when the block's LoRA is switched off (`positive` keeps "
-                  "blocks whose removal would raise it); `ablation` = that rise measured after the search, with one "
-                  "block's LoRA switched off at a time on `score_val_batches` validation batches (forward passes "
-                  "only; `positive` keeps blocks whose removal raises the validation loss); `insertion` = the other "
-                  "end: the validation loss with every block's LoRA off minus with only this block's on, on the same "
-                  "batches (`positive` keeps blocks whose LoRA alone lowers the validation loss); `final_taylor` = the "
-                  "taylor term taken after the search on those batches, at the final LoRA: ablation's first-order "
-                  "estimate for one forward and backward pass per batch."},
+                  "the mean); `taylor` = minus the gradient of the validation loss with respect to a multiplier on the "
+                  "block's LoRA output, averaged over the outer steps' validation batches: a first-order estimate of "
+                  "how much the validation loss rises when the block's LoRA is switched off (`positive` keeps blocks "
+                  "whose removal would raise it); `ablation` = that rise measured after the search, with one block's "
+                  "LoRA switched off at a time on `score_val_batches` validation batches (forward passes only; "
+                  "`positive` keeps blocks whose removal raises the validation loss); `insertion` = the other end: the "
+                  "validation loss with every block's LoRA off minus with only this block's on, on the same batches "
+                  "(`positive` keeps blocks whose LoRA alone lowers the validation loss); `banzhaf` = between the two: "
+                  "on each batch a random set of the other blocks' LoRAs is off (each with probability "
+                  "`search_block_dropout`, or one half), and the score is the loss without the block's LoRA minus with "
+                  "it, averaged over the draws (its Banzhaf value); `final_taylor` = the taylor term taken after the "
+                  "search on those batches, at the final LoRA: ablation's first-order estimate for one forward and "
+                  "backward pass per batch."},
     )
     score_val_batches: int = field(
         default=8,
-        metadata={"help": "Validation micro-batches the `ablation`, `insertion` and `final_taylor` scores measure "
-                  "every block on (the same batches for every block, so the differences are paired; at most the "
-                  "validation set's batches, each taken once). More batches, less noise in the ranking, for one pass "
-                  "each: a number above the validation set's batch count measures every held-out row."},
+        metadata={"help": "Validation micro-batches the scores measured after the search (`ablation`, `insertion`, "
+                  "`banzhaf`, `final_taylor`) measure every block on (the same batches for every block, so the "
+                  "differences are paired; at most the validation set's batches, each taken once). More batches, less "
+                  "noise in the ranking, for one pass each: a number above the validation set's batch count measures "
+                  "every held-out row."},
     )
     score_early_stop: bool = field(
         default=False,

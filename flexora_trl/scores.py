@@ -1,5 +1,5 @@
-"""What ranks the blocks after the search (the `selection_score` option): `gate`, `taylor`, `ablation`, `insertion`
-or `final_taylor`.
+"""What ranks the blocks after the search (the `selection_score` option): `gate`, `taylor`, `ablation`, `insertion`,
+`banzhaf` or `final_taylor`.
 
 Every score gives each block a mean and a standard error over validation batches, so the selection can tell whether
 its kept and dropped blocks are apart beyond the noise. Why more than the gate: a gate's size is not the block's
@@ -152,46 +152,65 @@ class AfterSearchScore(GateScore):
 
 class AblationScore(AfterSearchScore):
     """The validation loss with one block's LoRA switched off minus with all on, on the same batches for every block
-    (forward passes only). Switching off block l cannot change what the blocks below l compute, so those replay their
-    outputs from the batch's reference pass (`Replay`): a block's pass costs the blocks from l up and the head."""
+    (forward passes only). Switching block l cannot change what the blocks below l compute, so those replay their
+    outputs from the batch's reference pass (`Replay`): a block's pass costs the blocks from l up and the head.
+
+    Every switch score compares, on each batch, a reference pass (`reference`: which blocks' LoRAs are off) with one
+    pass per block where that block alone is switched the other way; the score is the loss without the block's LoRA
+    minus the loss with it, so a block that helps scores > 0."""
 
     name = "ablation"
-    sign = 1.0  # the score is sign x (loss of a block's pass - loss of the reference pass)
 
-    @staticmethod
-    def switched_off(count: int, position: int | None) -> torch.Tensor:
-        """The blocks whose LoRA is off in the reference pass (position None) and in the pass of block `position`."""
-        off = torch.zeros(count, dtype=torch.bool)
-        if position is not None:
-            off[position] = True
-        return off
+    def reference(self, search, count: int) -> torch.Tensor:
+        """The blocks whose LoRA is off in this batch's reference pass: none."""
+        return torch.zeros(count, dtype=torch.bool)
 
     @torch.no_grad()
     def measure(self, search, batch, positions: list[int]) -> torch.Tensor:
         replay = Replay(search.model.get_submodule(search.trainer.flexora_blocks.stack))
         count = len(search.gates.blocks)
+        off = self.reference(search, count)
         scores = torch.full((count,), math.nan, dtype=torch.float64)
-        with replay.recording(), search.gates.switched_off(self.switched_off(count, None)):
+        with replay.recording(), search.gates.switched_off(off):
             reference = float(search.loss(batch, autocast=False))
         for position in positions:
-            with search.gates.switched_off(self.switched_off(count, position)), \
-                    replay.below(search.gates.blocks[position]):
-                scores[position] = self.sign * (float(search.loss(batch, autocast=False)) - reference)
+            switched = off.clone()
+            switched[position] = not off[position]
+            with search.gates.switched_off(switched), replay.below(search.gates.blocks[position]):
+                change = float(search.loss(batch, autocast=False)) - reference
+            scores[position] = -change if off[position] else change
         return scores
 
 
 class InsertionScore(AblationScore):
     """Ablation's other end (leave one in instead of one out): the validation loss with every LoRA switched off
     minus with only block l's on. Left out, a block shows what the others cannot make up for; on its own, what its
-    LoRA does by itself, whatever the other blocks learned alongside it. The blocks below l replay the pass with
-    every LoRA off."""
+    LoRA does by itself, whatever the other blocks learned alongside it."""
 
     name = "insertion"
-    sign = -1.0
 
-    @staticmethod
-    def switched_off(count: int, position: int | None) -> torch.Tensor:
-        return ~AblationScore.switched_off(count, position)
+    def reference(self, search, count: int) -> torch.Tensor:
+        return torch.ones(count, dtype=torch.bool)
+
+
+class BanzhafScore(AblationScore):
+    """Between the two ends: on each batch a random set of the blocks' LoRAs is off (each with probability
+    `search_block_dropout`, or one half without it), and each block's score is the loss without its LoRA minus with
+    it, the others as drawn. Averaged over the batches' draws, the block's mean contribution over the contexts it can
+    meet: its Banzhaf value (as in data valuation, Wang & Jia, AISTATS 2023), for ablation's passes. After a search
+    with `search_block_dropout`, these are the contexts the LoRAs were trained in, where the all-on set of ablation
+    is not: trained to make up for missing blocks, the LoRAs all on overshoot. Draws from the seed."""
+
+    name = "banzhaf"
+
+    def __init__(self):
+        self.draws: torch.Generator | None = None
+
+    def reference(self, search, count: int) -> torch.Tensor:
+        if self.draws is None:
+            self.draws = torch.Generator().manual_seed(search.trainer.args.seed)
+        chance = search.options.search_block_dropout or 0.5
+        return torch.rand(count, generator=self.draws) < chance
 
 
 class FinalTaylorScore(AfterSearchScore):
@@ -253,7 +272,8 @@ def _recorded(output, *args, **kwargs):
     return output
 
 
-SCORES = {score.name: score for score in (GateScore, TaylorScore, AblationScore, InsertionScore, FinalTaylorScore)}
+SCORES = {score.name: score
+          for score in (GateScore, TaylorScore, AblationScore, InsertionScore, BanzhafScore, FinalTaylorScore)}
 
 
 def get_score(name: str):

@@ -12,7 +12,7 @@ import torch
 
 from flexora_trl.gates import BlockGates
 from flexora_trl.hypergradient import FirstOrder
-from flexora_trl.scores import AblationScore, FinalTaylorScore, InsertionScore, TaylorScore, summarise
+from flexora_trl.scores import AblationScore, BanzhafScore, FinalTaylorScore, InsertionScore, TaylorScore, summarise
 from flexora_trl.search import GateSearch
 from flexora_trl.search_data import search_dataloaders
 from flexora_trl.selection import boundary, separation
@@ -116,14 +116,41 @@ def test_insertion_score_is_the_loss_drop_of_the_block_alone(trained_search):
 
 def _only_lora(search, blocks, kept):
     """Every block but `kept` without LoRA (B weights zeroed)."""
+    return _lora_on(search, blocks, {kept})
+
+
+def _lora_on(search, blocks, on):
+    """Only the blocks in `on` keep their LoRA (the others' B weights zeroed)."""
     stack = contextlib.ExitStack()
     for block in blocks:
-        if block != kept:
+        if block not in on:
             stack.enter_context(_without_lora(search, block))
     return stack
 
 
-@pytest.mark.parametrize("trained_search", ["ablation", "insertion"], indirect=True)
+@pytest.mark.parametrize("trained_search", ["banzhaf"], indirect=True)
+def test_banzhaf_score_is_the_blocks_contribution_in_each_batchs_drawn_context(trained_search):
+    """On each batch a context drawn with the seed (each block's LoRA off with probability one half): the loss
+    without the block's LoRA minus with it, the other blocks as drawn; averaged over the batches."""
+    search, val_loader = trained_search
+    result = BanzhafScore().result(search, [], val_loader)
+    blocks = search.gates.blocks
+    draws = torch.Generator().manual_seed(search.trainer.args.seed)
+    contexts = [torch.rand(len(blocks), generator=draws) < 0.5 for _ in range(2)]
+    assert any(0 < int(off.sum()) < len(blocks) for off in contexts)  # a context between the two ends
+    for position, block in enumerate(blocks):
+        differences = []
+        for batch, off in zip(list(val_loader)[:2], contexts):
+            context = {b for b, is_off in zip(blocks, off.tolist()) if not is_off} - {block}
+            with _lora_on(search, blocks, context):
+                without = _val_loss(search, [batch])
+            with _lora_on(search, blocks, context | {block}):
+                differences.append(without - _val_loss(search, [batch]))
+        assert result.scores[block] == pytest.approx(sum(differences) / 2, rel=1e-4, abs=1e-12)
+    assert float(search.gates.mask.min()) == 1.0
+
+
+@pytest.mark.parametrize("trained_search", ["ablation", "insertion", "banzhaf"], indirect=True)
 def test_ablation_runs_only_the_blocks_a_switch_can_change(trained_search):
     """Block i runs once per batch for the reference pass and once for each switched block at or below it; the
     blocks below replay their outputs (the scores staying the measured losses is the tests above)."""
@@ -184,7 +211,7 @@ def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_d
     search.gates.remove()
 
 
-@pytest.mark.parametrize("score", ["gate", "taylor", "ablation", "insertion", "final_taylor"])
+@pytest.mark.parametrize("score", ["gate", "taylor", "ablation", "insertion", "banzhaf", "final_taylor"])
 def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir, chat_examples, tmp_path):
     trainer = flexora_trainer(
         tiny_llama_dir, tmp_path / score, chat_examples[:48], selection_score=score, gate_warmup_fraction=0.5,
