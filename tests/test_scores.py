@@ -105,18 +105,13 @@ def test_insertion_score_is_the_loss_drop_of_the_block_alone(trained_search):
     result = InsertionScore().result(search, [], val_loader)
     batches = list(val_loader)[:2]
     blocks = search.gates.blocks
-    with _only_lora(search, blocks, None):
+    with _lora_on(search, blocks, set()):
         nothing = _val_loss(search, batches)
     for block in blocks:
-        with _only_lora(search, blocks, block):
+        with _lora_on(search, blocks, {block}):
             alone = _val_loss(search, batches)
         assert result.scores[block] == pytest.approx((nothing - alone) / len(batches), rel=1e-4)
     assert float(search.gates.mask.min()) == 1.0  # every block switched back on
-
-
-def _only_lora(search, blocks, kept):
-    """Every block but `kept` without LoRA (B weights zeroed)."""
-    return _lora_on(search, blocks, {kept})
 
 
 def _lora_on(search, blocks, on):
