@@ -27,8 +27,8 @@ class BlockGates:
     (or the end of a `with` block).
 
     Besides the gate, each block's LoRA output is multiplied by `mask[l]` (1 unless a score or
-    `search_block_dropout` changes it): a block's LoRA is switched off with `mask[l] = 0` (the `ablation` and
-    `insertion` scores), and the gradient of the validation loss with respect to `mask` at 1 is the first-order
+    `search_block_dropout` changes it): a block's LoRA is switched off with `mask[l] = 0` (the switch scores:
+    `ablation`, `insertion`, `banzhaf`), and the gradient of the validation loss with respect to `mask` at 1 is the first-order
     estimate of that switch (the `taylor` score). Multiplying by 1 keeps the outputs exactly those of plain LoRA.
     """
 
@@ -71,7 +71,9 @@ class BlockGates:
     @contextlib.contextmanager
     def switched_off(self, position):
         """The LoRA of the block at `position` (an index, or a boolean tensor over the blocks) contributes nothing
-        within this block (the `ablation` and `insertion` scores, `search_block_dropout`)."""
+        within this block (the switch scores: `ablation`, `insertion`, `banzhaf`; `search_block_dropout`)."""
+        if isinstance(position, torch.Tensor):
+            position = position.to(self.mask.device)
         with torch.no_grad():
             self.mask[position] = 0.0
         try:

@@ -132,7 +132,7 @@ class GateSearch:
         if not self.options.search_block_dropout:
             return contextlib.nullcontext()
         draws = torch.rand(len(self.gates.blocks), generator=self.dropout_draws)
-        return self.gates.switched_off((draws < self.options.search_block_dropout).to(self.gates.mask.device))
+        return self.gates.switched_off(draws < self.options.search_block_dropout)
 
     def _outer_step(self, val_batches, lookahead) -> torch.Tensor:
         self.gate_optimizer.zero_grad(set_to_none=True)
