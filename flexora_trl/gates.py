@@ -28,8 +28,9 @@ class BlockGates:
 
     Besides the gate, each block's LoRA output is multiplied by `mask[l]` (1 unless a score or
     `search_block_dropout` changes it): a block's LoRA is switched off with `mask[l] = 0` (the switch scores:
-    `ablation`, `insertion`, `banzhaf`), and the gradient of the validation loss with respect to `mask` at 1 is the first-order
-    estimate of that switch (the `taylor` score). Multiplying by 1 keeps the outputs exactly those of plain LoRA.
+    `ablation`, `insertion`, `banzhaf`), and the gradient of the validation loss with respect to `mask` at 1 is the
+    first-order estimate of that switch (the `taylor` score). Multiplying by 1 keeps the outputs exactly those of
+    plain LoRA.
     """
 
     def __init__(self, block_map: BlockMap, device=None, dtype=torch.float32):

@@ -195,13 +195,9 @@ class FlexoraArguments:
         _check_positive_float(self, "search_learning_rate", optional=True)
         _check_positive_float(self, "gate_lr")
         _check_choice(self, "gate_optimizer", GATE_OPTIMIZERS)
-        fraction = self.gate_warmup_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-            raise ValueError(f"`gate_warmup_fraction` must be a number in [0, 1), got {fraction!r}.")
-        dropout = self.search_block_dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"`search_block_dropout` must be a number in [0, 1), got {dropout!r}.")
-        if dropout and self.hypergradient != "first_order":
+        _check_unit_fraction(self, "gate_warmup_fraction")
+        _check_unit_fraction(self, "search_block_dropout")
+        if self.search_block_dropout and self.hypergradient != "first_order":
             raise ValueError("`search_block_dropout` needs hypergradient='first_order': the unrolled look-ahead would "
                              "differentiate through inner steps taken with every block on.")
         # The strategies' own names are the choices (imported here, not with this module, which stays torch-free).
@@ -277,6 +273,12 @@ def _check_positive_float(args, name, optional=False):
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"`{name}` must be a number > 0{' or None' if optional else ''}, got {value!r}.")
+
+
+def _check_unit_fraction(args, name):
+    value = getattr(args, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
 
 
 def _check_choice(args, name, choices):
