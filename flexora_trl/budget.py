@@ -5,7 +5,7 @@ an inner step costs one fine-tune step (the same batch through the same model), 
 micro-batches (`search_val_batches` x `per_device_eval_batch_size`) every `search_outer_every` inner steps, and the
 unrolled hypergradient differentiates through `unroll_steps` look-ahead updates with their second-order terms
 (counted as 3 passes each). The benchmark checks the model against measured seconds per sample. A score measured
-after the search (`final_taylor`, `ablation`) adds a fixed cost, counted in the budget too.
+after the search (`final_taylor`, `ablation`, `forward`...) adds a fixed cost, counted in the budget too.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
+
+from .selection import most_kept
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +29,8 @@ MIN_SEARCH_STEPS = 32
 # and backward pass, 1.1-1.6; `ablation`, the full pass about 0.7 and each candidate block's pass from that block up
 # about 0.4 (the blocks below replayed; `insertion` and `banzhaf` run the same passes). The upper ends, so a float32
 # run's estimate is on the safe side. (per batch, per candidate and batch)
-SCORE_STEP_COST = {"final_taylor": (1.6, 0.0), **dict.fromkeys(("ablation", "insertion", "banzhaf"), (0.7, 0.4))}
+SCORE_STEP_COST = {"final_taylor": (1.6, 0.0),
+                   **dict.fromkeys(("ablation", "insertion", "banzhaf", "forward"), (0.7, 0.4))}
 
 
 @dataclass
@@ -62,14 +65,18 @@ def inner_step_cost(options, args) -> float:
 def score_cost(options, args, candidates: int, validation_samples: int | None = None) -> float:
     """The score's own cost after the search, in fine-tune steps (SCORE_STEP_COST): `score_val_batches` validation
     batches, or as many as `validation_samples` fill on each process if that is fewer (the score takes no batch
-    twice); with `score_early_stop`, the most it can cost."""
+    twice); with `score_early_stop`, or `forward` under `positive`, the most it can cost."""
     per_batch, per_candidate = SCORE_STEP_COST.get(options.selection_score, (0.0, 0.0))
     count = options.score_val_batches
     if validation_samples is not None:
         count = min(count, math.ceil(validation_samples / (args.per_device_eval_batch_size * args.world_size)))
     batches = count * args.per_device_eval_batch_size / (
         args.per_device_train_batch_size * args.gradient_accumulation_steps)
-    return batches * (per_batch + per_candidate * candidates)
+    if options.selection_score != "forward":
+        return batches * (per_batch + per_candidate * candidates)
+    # `forward`: a round per block it may add, each over the blocks still off (`positive`: at most every block)
+    rounds = most_kept(options, candidates)
+    return batches * sum(per_batch + per_candidate * (candidates - done) for done in range(rounds))
 
 
 def plan_search(options, args, planned: int, available: int, candidates: int,

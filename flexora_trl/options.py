@@ -18,7 +18,7 @@ VALIDATION_SOURCES = ("holdout", "eval_dataset")
 SELECTION_RULES = ("positive", "top_k", "top_fraction")
 GATE_OPTIMIZERS = ("adam", "sgd")
 # Measured once the search is over, on validation batches.
-AFTER_SEARCH_SCORES = ("ablation", "insertion", "banzhaf", "final_taylor")
+AFTER_SEARCH_SCORES = ("ablation", "insertion", "banzhaf", "forward", "final_taylor")
 
 
 @dataclass
@@ -59,8 +59,8 @@ class FlexoraArguments:
         default=None,
         metadata={"help": "End the search once the selection (by `selection_score` so far, under the selection rule) "
                   "has stayed the same for this many outer steps; the record says when. Not available with the scores "
-                  "measured after it (`ablation`, `insertion`, `banzhaf`, `final_taylor`). None: run the whole "
-                  "budget."},
+                  "measured after it (`ablation`, `insertion`, `banzhaf`, `forward`, `final_taylor`). None: run the "
+                  "whole budget."},
     )
     search_val_batches: int = field(
         default=2,
@@ -112,17 +112,21 @@ class FlexoraArguments:
                   "(`positive` keeps blocks whose LoRA alone lowers the validation loss); `banzhaf` = between the two: "
                   "on each batch a random set of the other blocks' LoRAs is off (each with probability "
                   "`search_block_dropout`, or one half), and the score is the loss without the block's LoRA minus with "
-                  "it, averaged over the draws (its Banzhaf value); `final_taylor` = the taylor term taken after the "
+                  "it, averaged over the draws (its Banzhaf value); `forward` = forward selection: from every "
+                  "block's LoRA off, each round switches on the block whose LoRA lowers the validation loss most given "
+                  "those already on, until the rule is met (`positive`: no block lowers it; `top_k`, `top_fraction`: "
+                  "their count); a block scores its gain in the round that added it (insertion's passes per round); "
+                  "`final_taylor` = the taylor term taken after the "
                   "search on those batches, at the final LoRA: ablation's first-order estimate for one forward and "
                   "backward pass per batch."},
     )
     score_val_batches: int = field(
         default=8,
         metadata={"help": "Validation micro-batches the scores measured after the search (`ablation`, `insertion`, "
-                  "`banzhaf`, `final_taylor`) measure every block on (the same batches for every block, so the "
-                  "differences are paired; at most the validation set's batches, each taken once). More batches, less "
-                  "noise in the ranking, for one pass each: a number above the validation set's batch count measures "
-                  "every held-out row."},
+                  "`banzhaf`, `forward`, `final_taylor`) measure every block on (the same batches for every block, so "
+                  "the differences are paired; at most the validation set's batches, each taken once). More batches, "
+                  "less noise in the ranking, for one pass each: a number above the validation set's batch count "
+                  "measures every held-out row."},
     )
     score_early_stop: bool = field(
         default=False,
@@ -212,6 +216,9 @@ class FlexoraArguments:
             raise ValueError("`score_early_stop` needs a score measured after the search ("
                              f"{', '.join(map(repr, AFTER_SEARCH_SCORES))}); the {self.selection_score!r} score has "
                              "no batches to stop.")
+        if self.score_early_stop and self.selection_score == "forward":
+            raise ValueError("`score_early_stop` does not apply to selection_score='forward': each of its rounds "
+                             "measures every block still off on the same batches.")
         _check_choice(self, "hypergradient", tuple(STRATEGIES))
         _check_int(self, "unroll_steps", minimum=1)
         _check_choice(self, "selection_rule", SELECTION_RULES)

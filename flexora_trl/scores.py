@@ -1,5 +1,5 @@
 """What ranks the blocks after the search (the `selection_score` option): `gate`, `taylor`, `ablation`, `insertion`,
-`banzhaf` or `final_taylor`.
+`banzhaf`, `forward` or `final_taylor`.
 
 Every score gives each block a mean and a standard error over validation batches, so the selection can tell whether
 its kept and dropped blocks are apart beyond the noise. Why more than the gate: a gate's size is not the block's
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import reduce
 
-from .selection import boundary
+from .selection import boundary, most_kept
 
 # `score_early_stop`: every block is measured on this many batches first (the default `score_val_batches`), then only
 # while its score is within this many standard errors of the selection's boundary (the `separation` test's 2).
@@ -213,6 +213,54 @@ class BanzhafScore(AblationScore):
         return torch.rand(count, generator=self.draws) < chance
 
 
+class ForwardScore(AblationScore):
+    """Forward selection (stepwise regression's forward pass) on the search's LoRAs: from every block's LoRA off,
+    each round switches on the block whose LoRA lowers the validation loss most given those already on, on the same
+    `score_val_batches` batches, until the selection rule is met (`positive`: no block lowers it; `top_k`,
+    `top_fraction`: their count; the min/max bounds apply). The first round is `insertion`; the later ones discount a
+    block whose part of the repair a block already on has made (measured with LoRA on all linear modules: alone, the
+    neighbours of a damaged block outrank other damaged blocks). A kept block scores its gain in the round that added
+    it, raised to a later round's gain where that is larger (so the ranking is the order of addition); a block left
+    out scores its gain in the last round. Each round costs about insertion's passes."""
+
+    name = "forward"
+
+    def __init__(self):
+        self.off: torch.Tensor | None = None  # the blocks whose LoRA is off in this round's reference passes
+
+    def reference(self, search, count: int) -> torch.Tensor:
+        return self.off.clone()
+
+    def result(self, search, trajectory, val_loader) -> BlockScores:
+        options, blocks = search.options, search.gates.blocks
+        batches = list(itertools.islice(val_loader, options.score_val_batches))
+        self.off = torch.ones(len(blocks), dtype=torch.bool)
+        added: list[tuple[int, float, float]] = []  # (block, gain, its standard error), in the order of addition
+        was_training = search.model.training
+        search.model.eval()
+        try:
+            while len(added) < most_kept(options, len(blocks)):
+                candidates = self.off.nonzero().flatten().tolist()
+                gains = summarise(blocks, [self.measure(search, batch, candidates) for batch in batches],
+                                  search.trainer)
+                best = max(candidates, key=lambda position: (gains.scores[blocks[position]], -position))
+                gain = gains.scores[blocks[best]]
+                if options.selection_rule == "positive" and gain <= 0 and len(added) >= options.selection_min_layers:
+                    break
+                added.append((blocks[best], gain, gains.stderr[blocks[best]]))
+                self.off[best] = False
+        finally:
+            search.model.train(was_training)
+        left_out = {block for block in blocks if block not in {b for b, _, _ in added}}
+        scores = {block: gains.scores[block] for block in left_out}
+        stderr = {block: gains.stderr[block] for block in left_out}
+        floor = -math.inf
+        for block, gain, error in reversed(added):
+            floor = max(floor, gain)
+            scores[block], stderr[block] = floor, error
+        return BlockScores(scores, stderr, dict.fromkeys(blocks, len(batches)))
+
+
 class FinalTaylorScore(AfterSearchScore):
     """-d L_val / d mask_l at mask = 1 at the final LoRA: the taylor term measured once instead of averaged over the
     search, i.e. the first-order estimate of the ablation's loss rise, for one forward and backward pass per batch
@@ -273,7 +321,8 @@ def _recorded(output, *args, **kwargs):
 
 
 SCORES = {score.name: score
-          for score in (GateScore, TaylorScore, AblationScore, InsertionScore, BanzhafScore, FinalTaylorScore)}
+          for score in (GateScore, TaylorScore, AblationScore, InsertionScore, BanzhafScore, ForwardScore,
+                            FinalTaylorScore)}
 
 
 def get_score(name: str):

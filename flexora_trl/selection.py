@@ -16,9 +16,16 @@ def _by_rule(scores: dict[int, float], options: FlexoraArguments) -> tuple[list[
     ranked = sorted(scores, key=lambda block: (-scores[block], block))
     if options.selection_rule == "positive":
         return ranked, [block for block in ranked if scores[block] > 0]
+    return ranked, ranked[: _rule_count(options, len(ranked))]
+
+
+def _rule_count(options: FlexoraArguments, count: int) -> int | None:
+    """How many of `count` blocks `top_k` or `top_fraction` keeps before the bounds; None for `positive`."""
     if options.selection_rule == "top_k":
-        return ranked, ranked[: options.selection_top_k]
-    return ranked, ranked[: max(1, math.ceil(options.selection_top_fraction * len(ranked)))]
+        return options.selection_top_k
+    if options.selection_rule == "top_fraction":
+        return max(1, math.ceil(options.selection_top_fraction * count))
+    return None
 
 
 def choose_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[int]:
@@ -29,6 +36,15 @@ def choose_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[i
     if options.selection_max_layers is not None:
         chosen = chosen[: options.selection_max_layers]
     return sorted(chosen)
+
+
+def most_kept(options: FlexoraArguments, count: int) -> int:
+    """The most blocks out of `count` that the rule and the min/max bounds can keep (all for `positive`)."""
+    wanted = _rule_count(options, count)
+    wanted = max(count if wanted is None else wanted, options.selection_min_layers)
+    if options.selection_max_layers is not None:
+        wanted = min(wanted, options.selection_max_layers)
+    return min(wanted, count)
 
 
 def boundary(scores: dict[int, float], options: FlexoraArguments) -> float | None:

@@ -41,6 +41,19 @@ def test_a_score_taken_after_the_search_is_paid_from_the_budget(score, cost, tmp
     assert plan.estimated_share == pytest.approx((plan.inner_steps * 3.0 + cost) / 5000) and plan.estimated_share <= 0.1
 
 
+@pytest.mark.parametrize("rule, rounds", [(dict(selection_rule="top_k", selection_top_k=6), 6),
+                                         (dict(selection_rule="top_k", selection_top_k=6, selection_max_layers=4), 4),
+                                         (dict(selection_rule="top_fraction", selection_top_fraction=0.25), 8),
+                                         (dict(selection_rule="positive"), 30)])
+def test_forward_selection_is_paid_for_every_round_it_may_take(rule, rounds, tmp_path):
+    """A round per block the rule may keep (`positive`: every block, the most it can cost), each over the blocks
+    still off."""
+    args = training_args(tmp_path, max_steps=5000)
+    options = FlexoraArguments(search_val_batches=2, selection_score="forward", score_val_batches=8, **rule)
+    plan = plan_search(options, args, planned=5000, available=49_800, candidates=30)
+    assert plan.score_cost == pytest.approx(8 * sum(0.7 + 0.4 * (30 - done) for done in range(rounds)))
+
+
 def test_the_score_is_paid_for_the_validation_batches_there_are(tmp_path):
     """A hold-out smaller than `score_val_batches` batches: the score takes each batch once, so it costs that many."""
     args = training_args(tmp_path, max_steps=5000)

@@ -108,3 +108,18 @@ def test_ablation_score_ranks_planted_blocks_first(planted, tiny_llama_dir, tmp_
     record, top = planted_search(planted, tiny_llama_dir, tmp_path / "out", selection_score="ablation")
     assert top == sorted(planted), f"planted {planted}, top {top}, scores {record.scores}"
     assert record.selected_layers == sorted(planted)  # measured: (2, 5) and (0, 3) too, margins 0.07 to 0.14
+
+
+@pytest.mark.parametrize("planted", [(1, 4), (2, 5), (0, 3)], ids=lambda p: "blocks_" + "_".join(map(str, p)))
+def test_forward_selection_adds_the_planted_blocks_and_stops(planted, tiny_llama_dir, tmp_path, one_thread):
+    """The same search ranked by `forward` selection under `positive`: it adds the two planted blocks (gains 0.09 to
+    0.16 on seed 0), then no block lowers the held-out loss and it stops. Measured with seeds 0 and 1 on each set:
+    the top 2 were the planted blocks in 6 of 6; the selection was exactly them in 5 (seed 1 on (2, 5) also added
+    block 1, gain 0.001).
+
+    Measured once each and not asserted, with the student's LoRA on every projection (seeds 0 and 1): top 2 held 3 of
+    the 12 planted blocks, as `insertion` (3; `ablation` 6, chance 4): alone, most blocks' LoRAs raise the held-out
+    loss there (insertion -0.01 to -0.6), so the first round already starts from the wrong blocks."""
+    record, top = planted_search(planted, tiny_llama_dir, tmp_path / "out", selection_score="forward")
+    assert top == sorted(planted), f"planted {planted}, top {top}, scores {record.scores}"
+    assert record.selected_layers == sorted(planted)

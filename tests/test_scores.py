@@ -15,7 +15,7 @@ from flexora_trl.hypergradient import FirstOrder
 from flexora_trl.scores import AblationScore, BanzhafScore, FinalTaylorScore, InsertionScore, TaylorScore, summarise
 from flexora_trl.search import GateSearch
 from flexora_trl.search_data import search_dataloaders
-from flexora_trl.selection import boundary, separation
+from flexora_trl.selection import boundary, choose_blocks, separation
 from tiny import float64_search, flexora_trainer
 
 
@@ -145,6 +145,42 @@ def test_banzhaf_score_is_the_blocks_contribution_in_each_batchs_drawn_context(t
     assert float(search.gates.mask.min()) == 1.0
 
 
+@pytest.mark.parametrize("rule", [dict(selection_rule="top_k", selection_top_k=2), dict(selection_rule="positive")])
+@pytest.mark.parametrize("trained_search", ["forward"], indirect=True)
+def test_forward_selection_adds_the_block_that_lowers_the_loss_most_given_those_on(trained_search, rule):
+    """Replayed by brute force with the other blocks' B weights zeroed: each round the block whose LoRA, added to
+    those already on, lowers the validation loss most; the selection is the blocks added and each one's score is its
+    gain when added (raised to a later one), a block left out its gain in the last round."""
+    search, val_loader = trained_search
+    for key, value in rule.items():
+        setattr(search.options, key, value)
+    result = search.score.result(search, [], val_loader)
+    batches, blocks = list(val_loader)[:2], search.gates.blocks
+    rounds = 2 if rule["selection_rule"] == "top_k" else len(blocks)
+    on, added = set(), []
+    while len(added) < rounds:
+        with _lora_on(search, blocks, on):
+            now = _val_loss(search, batches)
+        gains = {}
+        for block in sorted(set(blocks) - on):
+            with _lora_on(search, blocks, on | {block}):
+                gains[block] = (now - _val_loss(search, batches)) / len(batches)
+        best = max(gains, key=gains.get)
+        if rule["selection_rule"] == "positive" and gains[best] <= 0 and added:
+            break
+        added.append((best, gains[best]))
+        on.add(best)
+    floor = -float("inf")
+    for block, gain in reversed(added):
+        floor = max(floor, gain)
+        assert result.scores[block] == pytest.approx(floor, rel=1e-4)
+    for block in set(blocks) - on:
+        assert result.scores[block] == pytest.approx(gains[block], rel=1e-4)
+    assert choose_blocks(result.scores, search.options) == sorted(on)
+    assert 0 < len(on) < len(blocks) or rule["selection_rule"] == "positive"
+    assert float(search.gates.mask.min()) == 1.0  # every block switched back on
+
+
 @pytest.mark.parametrize("trained_search", ["ablation", "insertion", "banzhaf"], indirect=True)
 def test_ablation_runs_only_the_blocks_a_switch_can_change(trained_search):
     """Block i runs once per batch for the reference pass and once for each switched block at or below it; the
@@ -206,7 +242,7 @@ def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_d
     search.gates.remove()
 
 
-@pytest.mark.parametrize("score", ["gate", "taylor", "ablation", "insertion", "banzhaf", "final_taylor"])
+@pytest.mark.parametrize("score", ["gate", "taylor", "ablation", "insertion", "banzhaf", "forward", "final_taylor"])
 def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir, chat_examples, tmp_path):
     trainer = flexora_trainer(
         tiny_llama_dir, tmp_path / score, chat_examples[:48], selection_score=score, gate_warmup_fraction=0.5,

@@ -70,6 +70,7 @@ def test_the_boundary_lies_between_the_kept_and_the_dropped_scores():
     (dict(search_val_batches=0), "search_val_batches"),
     (dict(score_early_stop="yes", selection_score="ablation"), "score_early_stop"),
     (dict(score_early_stop=True), "score_early_stop"),  # the gate score has no batches to stop
+    (dict(score_early_stop=True, selection_score="forward"), "score_early_stop"),  # its rounds measure every block
     (dict(search_block_dropout=1.0), "search_block_dropout"),
     (dict(search_block_dropout=True), "search_block_dropout"),
     (dict(search_block_dropout=0.5, hypergradient="unrolled"), "search_block_dropout"),
