@@ -322,7 +322,7 @@ def _recorded(output, *args, **kwargs):
 
 SCORES = {score.name: score
           for score in (GateScore, TaylorScore, AblationScore, InsertionScore, BanzhafScore, ForwardScore,
-                            FinalTaylorScore)}
+                        FinalTaylorScore)}
 
 
 def get_score(name: str):
