@@ -120,9 +120,7 @@ class AfterSearchScore(GateScore):
     def result(self, search, trajectory, val_loader) -> BlockScores:
         batches = itertools.islice(val_loader, search.options.score_val_batches)
         everyone = list(range(len(search.gates.blocks)))
-        was_training = search.model.training
-        search.model.eval()
-        try:
+        with dropout_off(search.model):
             samples = []
             for index, batch in enumerate(batches):
                 measured = everyone
@@ -131,9 +129,7 @@ class AfterSearchScore(GateScore):
                     if not measured:
                         break
                 samples.append(self.measure(search, batch, measured))
-            return summarise(search.gates.blocks, samples, search.trainer)
-        finally:
-            search.model.train(was_training)
+        return summarise(search.gates.blocks, samples, search.trainer)
 
     @staticmethod
     def in_doubt(search, samples) -> list[int]:
@@ -236,10 +232,9 @@ class ForwardScore(AblationScore):
         batches = list(itertools.islice(val_loader, options.score_val_batches))
         self.off = torch.ones(len(blocks), dtype=torch.bool)
         added: list[tuple[int, float, float]] = []  # (block, gain, its standard error), in the order of addition
-        was_training = search.model.training
-        search.model.eval()
-        try:
-            while len(added) < most_kept(options, len(blocks)):
+        rounds = most_kept(options, len(blocks))
+        with dropout_off(search.model):
+            while len(added) < rounds:
                 candidates = self.off.nonzero().flatten().tolist()
                 gains = summarise(blocks, [self.measure(search, batch, candidates) for batch in batches],
                                   search.trainer)
@@ -249,9 +244,7 @@ class ForwardScore(AblationScore):
                     break
                 added.append((blocks[best], gain, gains.stderr[blocks[best]]))
                 self.off[best] = False
-        finally:
-            search.model.train(was_training)
-        left_out = {block for block in blocks if block not in {b for b, _, _ in added}}
+        left_out = [block for block, off in zip(blocks, self.off.tolist()) if off]
         scores = {block: gains.scores[block] for block in left_out}
         stderr = {block: gains.stderr[block] for block in left_out}
         floor = -math.inf
@@ -273,6 +266,18 @@ class FinalTaylorScore(AfterSearchScore):
         with search.gates.mask_gradient(), search.lora_frozen():
             (gradient,) = torch.autograd.grad(search.loss(batch, autocast=False), search.gates.mask)
         return -gradient.detach().double()
+
+
+@contextlib.contextmanager
+def dropout_off(model):
+    """Within this block the model is in eval mode (dropout off: a batch gives the same losses every pass); its
+    training mode is put back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class Replay:
