@@ -367,6 +367,8 @@ class Harness:
                           selection_score=record.get("selection_score"),
                           score_seconds=record.get("score_seconds"),
                           score_separation=record.get("score_separation"),
+                          lora_norms=record.get("lora_norms"),
+                          group_sparsity_strength=record.get("group_sparsity_strength"),
                           lora_params_all_blocks=record["lora_params_all_blocks"],
                           search_inner_steps=record.get("search_inner_steps"),
                           search_outer_steps=record.get("search_outer_steps"), flexora_options=flexora_opts)

@@ -99,6 +99,16 @@ class FlexoraArguments:
                   "`ablation`: all on, the parts overshoot (measured). In [0, 1); 0 = off (the authors). First-order "
                   "hypergradient only."},
     )
+    search_group_sparsity: Optional[float] = field(
+        default=None,
+        metadata={"help": "Strength of a group-lasso penalty on each block's LoRA during the search (the norm of all "
+                  "the block's LoRA B weights, added to the training loss), relative to the blocks' mean gradient "
+                  "norm on the first inner step: a block's B stays at zero while its gradient norm is below the "
+                  "strength, so the blocks compete for one change instead of sharing it (with LoRA on every linear "
+                  "module, one block can make up for another's change). For the scores measured after the search "
+                  "(`ablation`...); the record gives each block's final norm (`lora_norms`). None (the default): "
+                  "off (the authors). First-order hypergradient only."},
+    )
     selection_score: str = field(
         default="gate",
         metadata={"help": "What ranks the blocks: `gate` = alpha (the paper; `positive` keeps alpha > 0, a gate above "
@@ -199,6 +209,10 @@ class FlexoraArguments:
         _check_positive_float(self, "search_learning_rate", optional=True)
         _check_positive_float(self, "gate_lr")
         _check_choice(self, "gate_optimizer", GATE_OPTIMIZERS)
+        _check_positive_float(self, "search_group_sparsity", optional=True)
+        if self.search_group_sparsity is not None and self.hypergradient != "first_order":
+            raise ValueError("`search_group_sparsity` needs hypergradient='first_order': the unrolled look-ahead "
+                             "would differentiate through inner steps without the penalty.")
         _check_unit_fraction(self, "gate_warmup_fraction")
         _check_unit_fraction(self, "search_block_dropout")
         if self.search_block_dropout and self.hypergradient != "first_order":

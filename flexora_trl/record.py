@@ -19,7 +19,7 @@ PLOT_NAME = "flexora_gates.png"
 FORMAT_VERSION = 2
 _VERSIONED = ("flexora", "torch", "transformers", "trl", "peft", "accelerate", "axolotl")
 # {block: value}, with string keys in the JSON
-_PER_BLOCK = ("alpha", "gates", "scores", "score_stderr", "score_batches")
+_PER_BLOCK = ("alpha", "gates", "scores", "score_stderr", "score_batches", "lora_norms")
 
 
 def package_versions() -> dict[str, str]:
@@ -56,6 +56,8 @@ class SelectionRecord:
     score_stderr: dict[int, float] | None = None
     score_batches: dict[int, int] | None = None  # validation batches behind each score (taylor: all outer steps')
     score_separation: dict | None = None
+    group_sparsity_strength: float | None = None  # `search_group_sparsity`: the penalty's measured strength
+    lora_norms: dict[int, float] | None = None  # and each block's LoRA B norm at the end of the search
     search_samples: int | None = None
     search_plan: dict | None = None
     search_inner_steps: int | None = None
@@ -81,6 +83,8 @@ class SelectionRecord:
             scores={b: round(v, 6) for b, v in result.scores.items()},
             score_stderr={b: round(v, 6) for b, v in result.score_stderr.items()}, score_batches=result.score_batches,
             score_separation={k: round(v, 6) if isinstance(v, float) else v for k, v in split.items()},
+            group_sparsity_strength=result.group_sparsity_strength,
+            lora_norms=None if result.lora_norms is None else {b: round(v, 6) for b, v in result.lora_norms.items()},
             search_samples=plan.samples, search_plan=plan.as_dict(), search_inner_steps=result.inner_steps,
             search_outer_steps=result.outer_steps, search_warmup_steps=result.warmup_steps,
             search_settled_at=result.settled_at, search_stopped_early=result.stopped_early,

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .budget import gate_warmup_steps
 from .gates import BlockGates
+from .group_sparsity import GroupSparsity
 from .hypergradient import get_strategy
 from .options import FlexoraArguments
 from .scores import get_score
@@ -40,6 +41,8 @@ class SearchResult:
     scores: dict[int, float] = field(default_factory=dict)  # by `selection_score`; alpha for the gate score
     score_stderr: dict[int, float] = field(default_factory=dict)
     score_batches: dict[int, int] | None = None  # validation batches behind each block's score (None for the gate)
+    group_sparsity_strength: float | None = None  # `search_group_sparsity`'s penalty strength, once measured
+    lora_norms: dict[int, float] | None = None  # each block's LoRA B norm after a search with that penalty
 
 
 class GateSearch:
@@ -68,6 +71,9 @@ class GateSearch:
         # `search_block_dropout`'s draws: their own generator, so the data order and the LoRA init stay those of a
         # search without it (the same on every rank: same seed).
         self.dropout_draws = torch.Generator().manual_seed(args.seed)
+        self.group_sparsity = None
+        if options.search_group_sparsity:
+            self.group_sparsity = GroupSparsity(trainer.flexora_blocks, gates.blocks, options.search_group_sparsity)
 
     def loss(self, batch, lora_weights=None, autocast: bool = True) -> torch.Tensor:
         """The trainer's own loss (SFT's label masking, loss type...), under its mixed-precision autocast unless
@@ -120,6 +126,8 @@ class GateSearch:
         if not torch.isfinite(total):
             self.inner_optimizer.zero_grad(set_to_none=True)  # a non-finite step is not taken
             return total
+        if self.group_sparsity is not None:
+            self.group_sparsity.add_gradient()
         if self.trainer.args.max_grad_norm and self.trainer.args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.lora_params, self.trainer.args.max_grad_norm)
         self.inner_optimizer.step()
@@ -202,6 +210,11 @@ class GateSearch:
         result.seconds = time.perf_counter() - start
         result.alpha = self.gates.as_dict()
         result.gates = dict(zip(self.gates.blocks, self.gates.values().detach().cpu().tolist()))
+        if self.group_sparsity is not None:
+            result.group_sparsity_strength = self.group_sparsity.strength
+            result.lora_norms = dict(zip(self.gates.blocks, self.group_sparsity.norms()))
+            logger.info("Flexora: group sparsity (strength %.3g) left these LoRA B norms by block: %s",
+                        result.group_sparsity_strength, {b: round(v, 4) for b, v in result.lora_norms.items()})
         return result
 
     def _settled(self) -> bool:

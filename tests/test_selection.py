@@ -74,6 +74,9 @@ def test_the_boundary_lies_between_the_kept_and_the_dropped_scores():
     (dict(search_block_dropout=1.0), "search_block_dropout"),
     (dict(search_block_dropout=True), "search_block_dropout"),
     (dict(search_block_dropout=0.5, hypergradient="unrolled"), "search_block_dropout"),
+    (dict(search_group_sparsity=0.0), "search_group_sparsity"),
+    (dict(search_group_sparsity="0.5"), "search_group_sparsity"),
+    (dict(search_group_sparsity=0.5, hypergradient="unrolled"), "search_group_sparsity"),
 ])
 def test_out_of_range_options_name_the_key(options, key):
     with pytest.raises(ValueError, match=key):

@@ -1,0 +1,56 @@
+"""`search_group_sparsity`: a group-lasso penalty on each block's LoRA during the search, so that the blocks compete
+for one change instead of sharing it.
+
+Why: with LoRA on every linear module, one block's LoRA can make up, through the residual stream, for a change
+another block needs (measured on the planted benchmark: a LoRA on an unplanted block alone lowered the held-out
+loss more than undoing any one planted block's damage exactly), so a search that trains every block at once spreads
+the change and no score can tell the blocks apart. The group lasso (Yuan & Lin, 2006) adds `strength * ||B_l||` per
+block (the Frobenius norm of all the block's LoRA `B` matrices together) to the search's training loss: a block's B
+stays at zero while the norm of its loss gradient is below `strength`, so the blocks that lower the loss most per unit
+of weight take the change and the others are left (near) zero.
+
+The strength is scale-free: `search_group_sparsity` times the blocks' mean gradient norm on the first inner step,
+where every B is zero and that gradient is what decides whether a block leaves zero at all. A loss penalty, not a
+proximal shrink after each optimizer step: under Adam a fixed shrink per step would select by how consistent a
+gradient's sign is, not by its size against the strength.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .blocks import BlockMap
+
+
+class GroupSparsity:
+    """Adds the penalty's gradient to the LoRA `B` weights' gradients (after the loss's backward pass)."""
+
+    def __init__(self, block_map: BlockMap, blocks: list[int], factor: float):
+        self.factor = factor
+        self.strength: float | None = None  # set on the first inner step
+        self.groups = [
+            [layer.lora_B[adapter].weight for _, layer in block_map.modules[block] for adapter in layer.active_adapters]
+            for block in blocks
+        ]
+
+    def norms(self) -> list[float]:
+        """Each block's ||B_l||."""
+        return [_norm(group) for group in self.groups]
+
+    @torch.no_grad()
+    def add_gradient(self) -> None:
+        """d(strength * ||B_l||)/dB_l = strength * B_l / ||B_l|| added to each block's B gradients (nothing at
+        B_l = 0, the subgradient that lets the loss gradient alone decide whether the block leaves zero)."""
+        if self.strength is None:
+            gradients = [_norm(w.grad for w in group if w.grad is not None) for group in self.groups]
+            self.strength = self.factor * sum(gradients) / len(gradients)
+        for group in self.groups:
+            norm = _norm(group)
+            if norm > 0:
+                for weight in group:
+                    if weight.grad is not None:
+                        weight.grad.add_(weight, alpha=self.strength / norm)
+
+
+def _norm(tensors) -> float:
+    return sum(float(t.detach().double().square().sum()) for t in tensors) ** 0.5
