@@ -3,9 +3,13 @@ planted teacher's answers, and the held-out loss drop it gives, block by block; 
 
     python -m benchmarks.oracle --planted 3:qv            # all 30 blocks, 12 steps each (~6 min on 2 quiet cores)
     python -m benchmarks.oracle --planted 3:qv --blocks 0,1 --steps 2   # a smoke run
+    python -m benchmarks.oracle --planted 12:all_linear --blocks 2,13,25 --steps 24 --undamaged   # the same LoRAs on
+                                                  # the undamaged base: what of a drop is not the repair
 
 A selection score cannot be expected to find planted blocks that this oracle does not rank first; a planted design
-should pass it before methods are measured on it. Results: benchmarks/results/oracle/<set>_<targets>.json.
+should pass it before methods are measured on it. On the repair designs the record also gives the yardstick on the
+same held-out rows: the damaged student's loss against the base's, and each planted block's damage undone alone.
+Results: benchmarks/results/oracle/<set>_<targets>_<design>[_undamaged][_blocks].json.
 """
 
 from __future__ import annotations
@@ -59,17 +63,30 @@ def gradient_at_base(model_dir, lora, train, student):
     return energy
 
 
+def held_out_loss(model, val):
+    model.eval()
+    with torch.no_grad():
+        return sum(float(model(**batch).loss) for batch in val) / len(val)
+
+
+def repair_reference(model_dir, val, damage):
+    """The repair designs' yardstick on the oracle's own held-out rows: the damaged student's loss minus the base's
+    (the most any repair can give there) and, per planted block, the drop from undoing its damage alone, exactly."""
+    damaged = held_out_loss(damage(load_base(model_dir)), val)
+    exact = {}
+    for block in damage.planted_blocks:
+        others = {b: f for b, f in damage.fractions.items() if b != block}
+        exact[block] = damaged - held_out_loss(damage(load_base(model_dir), others), val)
+    return {"damaged_val_loss": damaged, "base_val_loss": held_out_loss(load_base(model_dir), val),
+            "exact_repair_drops": exact}
+
+
 def single_block_drops(model_dir, lora, train, val, blocks, steps, lr, student):
     """Held-out loss drop after `steps` AdamW steps of LoRA on each block alone (the same seed for every block)."""
     from peft import LoraConfig, get_peft_model
 
-    def val_loss(model):
-        model.eval()
-        with torch.no_grad():
-            return sum(float(model(**batch).loss) for batch in val) / len(val)
-
     base = student(load_base(model_dir))
-    start_loss = val_loss(base)
+    start_loss = held_out_loss(base, val)
     drops = {}
     for block in blocks:
         torch.manual_seed(0)
@@ -80,7 +97,7 @@ def single_block_drops(model_dir, lora, train, val, blocks, steps, lr, student):
             model(**train[step % len(train)]).loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-        drops[block] = start_loss - val_loss(model)
+        drops[block] = start_loss - held_out_loss(model, val)
         base = model.unload()
         print(f"block {block}: held-out loss drop {drops[block]:.4f}", flush=True)
     return start_loss, drops
@@ -103,6 +120,9 @@ def main(argv=None):
                         "sized alone to an equal share of it")
     p.add_argument("--target-kl", type=float, default=0.1,
                    help="per-token KL(teacher || student) of the sampled designs")
+    p.add_argument("--undamaged", action="store_true",
+                   help="repair/balanced: train each block's LoRA on the undamaged base instead of the damaged "
+                        "student (a drop there is a signal in the rows that is not the damage)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
@@ -123,6 +143,11 @@ def main(argv=None):
     random.Random(0).shuffle(rows)
     train = batches(tokenizer, rows[:192], max_length=max_length or 64)
     val = batches(tokenizer, rows[192:], max_length=max_length or 64)
+    reference = repair_reference(model_dir, val, student) if args.design in ("repair", "balanced") else {}
+    if args.undamaged:
+        if not reference:
+            p.error("--undamaged needs a repair design (--design repair or balanced)")
+        student = lambda model: model  # noqa: E731
     energy = gradient_at_base(model_dir, lora, train, student)
     blocks = args.blocks or list(range(NUM_BLOCKS))
     start_loss, drops = single_block_drops(model_dir, lora, train, val, blocks, args.steps, args.lr, student)
@@ -132,13 +157,14 @@ def main(argv=None):
         return top, len(set(top) & set(planted)) / len(planted)
 
     result = {"planted_set": int(number), "targets": targets, "design": args.design, "planted_blocks": planted,
-              "teacher": teacher,
+              "teacher": teacher, "undamaged": args.undamaged, **reference,
               "steps": args.steps, "lr": args.lr, "start_val_loss": start_loss, "drops": drops,
               "gradient_energy": energy, "seconds": round(time.perf_counter() - start, 1)}
     result["oracle_top"], result["oracle_precision"] = precision(drops)
     result["gradient_top"], result["gradient_precision"] = precision(dict(enumerate(energy)))
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{number}_{targets}{'' if args.design == 'greedy' else '_' + args.design}.json"
+    path = OUT / (f"{number}_{targets}{'' if args.design == 'greedy' else '_' + args.design}"
+                  f"{'_undamaged' if args.undamaged else ''}{'' if args.blocks is None else '_blocks'}.json")
     path.write_text(json.dumps(result, indent=2))
     print(f"planted {planted}; oracle top {result['oracle_top']} (precision {result['oracle_precision']:.2f}); "
           f"gradient top {result['gradient_top']} (precision {result['gradient_precision']:.2f}); {path}")

@@ -48,3 +48,19 @@ def test_penalty_gradient_is_that_of_strength_times_each_blocks_norm(tiny_gpt2_d
     assert all(bool((w.grad == 0).all()) for w in sparsity.groups[-1])
     assert sparsity.norms()[-1] == 0.0 and min(sparsity.norms()[:-1]) > 0
     search.gates.remove()
+
+
+def test_the_record_gives_the_strength_and_each_blocks_norm(tiny_llama_dir, chat_examples, tmp_path):
+    """Through the trainer's own `train()`: the saved record (read back from its file) carries the measured strength
+    and every candidate block's final LoRA B norm."""
+    from flexora_trl.record import SelectionRecord
+    from tiny import flexora_trainer
+
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, selection_score="ablation",
+                              search_group_sparsity=FACTOR, selection_rule="top_k", selection_top_k=2)
+    trainer.train()
+    record = SelectionRecord.read(str(tmp_path))
+    assert record.group_sparsity_strength > 0
+    assert sorted(record.lora_norms) == record.candidate_layers
+    assert all(norm > 0 for norm in record.lora_norms.values())  # every B left zero on its first step
+    assert record.options["search_group_sparsity"] == FACTOR
