@@ -124,6 +124,8 @@ def main(argv=None):
                    help="repair/balanced: train each block's LoRA on the undamaged base instead of the damaged "
                         "student (a drop there is a signal in the rows that is not the damage)")
     args = p.parse_args(argv)
+    if args.undamaged and args.design not in ("repair", "balanced"):
+        p.error("--undamaged needs a repair design (--design repair or balanced)")
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
@@ -145,8 +147,6 @@ def main(argv=None):
     val = batches(tokenizer, rows[192:], max_length=max_length or 64)
     reference = repair_reference(model_dir, val, student) if args.design in ("repair", "balanced") else {}
     if args.undamaged:
-        if not reference:
-            p.error("--undamaged needs a repair design (--design repair or balanced)")
         student = lambda model: model  # noqa: E731
     energy = gradient_at_base(model_dir, lora, train, student)
     blocks = args.blocks or list(range(NUM_BLOCKS))
