@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .planted import planted_rows, target_modules_by_block
+from .planted import REPAIR_DESIGNS, planted_rows, target_modules_by_block
 from .run import (LORA, NUM_BLOCKS, PLANTED_DESIGNS, TARGETS, highest, integers, load_base, offline_and_quiet,
                   planted_blocks)
 from .tasks import load_task
@@ -124,7 +124,7 @@ def main(argv=None):
                    help="repair/balanced: train each block's LoRA on the undamaged base instead of the damaged "
                         "student (a drop there is a signal in the rows that is not the damage)")
     args = p.parse_args(argv)
-    if args.undamaged and args.design not in ("repair", "balanced"):
+    if args.undamaged and args.design not in REPAIR_DESIGNS:
         p.error("--undamaged needs a repair design (--design repair or balanced)")
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
@@ -145,7 +145,7 @@ def main(argv=None):
     random.Random(0).shuffle(rows)
     train = batches(tokenizer, rows[:192], max_length=max_length or 64)
     val = batches(tokenizer, rows[192:], max_length=max_length or 64)
-    reference = repair_reference(model_dir, val, student) if args.design in ("repair", "balanced") else {}
+    reference = repair_reference(model_dir, val, student) if args.design in REPAIR_DESIGNS else {}
     if args.undamaged:
         student = lambda model: model  # noqa: E731
     energy = gradient_at_base(model_dir, lora, train, student)

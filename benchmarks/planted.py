@@ -14,6 +14,7 @@ import torch
 from flexora_trl.smollm2 import cache_root
 
 SAMPLED_MAX_LENGTH = 128  # prompts of up to ~80 tokens and 48 sampled ones
+REPAIR_DESIGNS = ("repair", "balanced")  # the base writes the rows; the student is the base damaged (`Damage`)
 
 
 def planted_rows(design, base, tokenizer, prompts, planted_blocks, lora, targets, seed, target_kl=0.1):
@@ -21,7 +22,7 @@ def planted_rows(design, base, tokenizer, prompts, planted_blocks, lora, targets
     student (a function turning a freshly loaded base into the model the search and the oracle train) for a design
     (`greedy`, `sampled`, `principal`, `repair` or `balanced`; see `benchmarks.run --help`): the benchmark's planted
     job and the oracle build their teachers here."""
-    if design in ("repair", "balanced"):
+    if design in REPAIR_DESIGNS:
         rows, teacher, damage = repair_rows(base, tokenizer, prompts, planted_blocks, lora["target_modules"],
                                             target_kl, seed, balanced=design == "balanced",
                                             rows_cache=cache_root() / "planted-rows")
