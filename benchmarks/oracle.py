@@ -117,7 +117,8 @@ def main(argv=None):
                         "the delta on the inputs' principal directions; repair: the base samples 48 tokens for a "
                         "student whose planted blocks lose part of their weights' top singular directions (sized to "
                         "--target-kl); balanced (the default, as in benchmarks.run): repair with each planted block "
-                        "sized alone to an equal share of it")
+                        "sized alone to an equal share of it; balanced_rows: repair with each planted block's "
+                        "marginal KL (all damaged against all but it) an equal share, measured on the sampled rows")
     p.add_argument("--target-kl", type=float, default=0.1,
                    help="per-token KL(teacher || student) of the sampled designs")
     p.add_argument("--undamaged", action="store_true",
@@ -125,7 +126,7 @@ def main(argv=None):
                         "student (a drop there is a signal in the rows that is not the damage)")
     args = p.parse_args(argv)
     if args.undamaged and args.design not in REPAIR_DESIGNS:
-        p.error("--undamaged needs a repair design (--design repair or balanced)")
+        p.error(f"--undamaged needs a repair design (--design {' or '.join(REPAIR_DESIGNS)})")
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 

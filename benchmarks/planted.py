@@ -14,17 +14,18 @@ import torch
 from flexora_trl.smollm2 import cache_root
 
 SAMPLED_MAX_LENGTH = 128  # prompts of up to ~80 tokens and 48 sampled ones
-REPAIR_DESIGNS = ("repair", "balanced")  # the base writes the rows; the student is the base damaged (`Damage`)
+REPAIR_DESIGNS = ("repair", "balanced", "balanced_rows")  # the base writes the rows; the student is the base damaged
+SIZING_ROWS = 64  # `balanced_rows`: the rows its damage is sized on (about 1,200 answer tokens on SmolLM2)
 
 
 def planted_rows(design, base, tokenizer, prompts, planted_blocks, lora, targets, seed, target_kl=0.1):
     """The training rows, the teacher's description, the max_length they need (None: the caller's default) and the
     student (a function turning a freshly loaded base into the model the search and the oracle train) for a design
-    (`greedy`, `sampled`, `principal`, `repair` or `balanced`; see `benchmarks.run --help`): the benchmark's planted
-    job and the oracle build their teachers here."""
+    (`greedy`, `sampled`, `principal`, `repair`, `balanced` or `balanced_rows`; see `benchmarks.run --help`): the
+    benchmark's planted job and the oracle build their teachers here."""
     if design in REPAIR_DESIGNS:
         rows, teacher, damage = repair_rows(base, tokenizer, prompts, planted_blocks, lora["target_modules"],
-                                            target_kl, seed, balanced=design == "balanced",
+                                            target_kl, seed, sizing=design,
                                             rows_cache=cache_root() / "planted-rows")
         return rows, teacher, SAMPLED_MAX_LENGTH, damage
     if design == "greedy":
@@ -255,26 +256,39 @@ def _sized_fraction(kl_at, target_kl):
 
 
 def repair_rows(base, tokenizer, prompts, planted_blocks, target_modules, target_kl=0.1, seed=0, max_new_tokens=48,
-                balanced=False, rows_cache=None):
-    """The repair design: the teacher is the base itself, sampling long continuations; the student is the base with
-    its planted blocks damaged (`Damage`), by the one fraction whose KL from the base where answers are written is
-    `target_kl`. The student's LoRA learns the data best where the damage is.
-    One fraction leaves the blocks unequally planted: one block alone can move the answers more than the six
-    together (KL 0.26 of 0.12 on set 6, q,v) while another barely moves them (0.008), and no score can find a block
-    whose damage changes nothing. `balanced` sizes each block's fraction alone to an equal share, `target_kl` / the
-    number of planted blocks. The record gives each block's KL alone either way."""
+                sizing="repair", rows_cache=None):
+    """The repair designs: the teacher is the base itself, sampling long continuations; the student is the base with
+    its planted blocks damaged (`Damage`). The student's LoRA learns the data best where the damage is.
+    `sizing` says how much of each block's part is taken:
+    - `repair`: one fraction for all, whose KL from the base on a probe (greedy answers to 32 prompts) is `target_kl`.
+      That leaves the blocks unequally planted: one block alone can move the answers more than the six together
+      (KL 0.26 of 0.12 on set 6, q,v) while another barely moves them (0.008).
+    - `balanced`: each block's fraction sized alone to an equal share on the same probe, `target_kl` / the number of
+      planted blocks. Measured on the rows the search learns from, the shares were not equal (all linear: one block's
+      damage undone alone worth 0.003 to 0.054 nats a token on set 12, -0.001 to 0.049 on set 13): the probe's greedy
+      answers are not where the rows are written, and a block's damage partly overlaps the others'.
+    - `balanced_rows`: each block's marginal KL (what the damage of all adds over the damage of all but it: what its
+      repair alone gives back) made an equal share, measured on `SIZING_ROWS` of the sampled rows themselves.
+    The record gives each block's figure either way."""
     damage = Damage(base, planted_blocks, target_modules)
-    probe = prompts[:32]
-    key = ["damage", base.name_or_path, probe, list(planted_blocks), list(target_modules), target_kl, balanced,
-           REPAIR_RANK]
-    sizing = _cached(rows_cache, key, lambda: _size_damage(base, tokenizer, probe, damage, target_kl, balanced))
-    damage.fractions = {int(block): f for block, f in sizing["fractions"].items()}
-    kl_alone = {int(block): kl for block, kl in sizing["kl_alone"].items()}
     rows = base_rows(base, tokenizer, prompts, max_new_tokens, seed, rows_cache)
-    teacher = {"design": "balanced" if balanced else "repair", "rank": REPAIR_RANK,
+    if sizing == "balanced_rows":
+        key = ["damage-rows", base.name_or_path, prompts, seed, list(planted_blocks), list(target_modules), target_kl,
+               REPAIR_RANK, SIZING_ROWS]
+        sized = _cached(rows_cache, key, lambda: _size_marginals(base, tokenizer, rows[-SIZING_ROWS:], damage,
+                                                                 target_kl))
+    else:
+        probe = prompts[:32]
+        key = ["damage", base.name_or_path, probe, list(planted_blocks), list(target_modules), target_kl,
+               sizing == "balanced", REPAIR_RANK]
+        sized = _cached(rows_cache, key, lambda: _size_damage(base, tokenizer, probe, damage, target_kl,
+                                                              sizing == "balanced"))
+    damage.fractions = {int(block): f for block, f in sized.pop("fractions").items()}
+    teacher = {"design": sizing, "rank": REPAIR_RANK,
                "fractions": {block: round(f, 5) for block, f in damage.fractions.items()}, "target_kl": target_kl,
-               "measured_kl": sizing["measured_kl"], "kl_alone": kl_alone, "max_new_tokens": max_new_tokens,
-               **_describe(rows, tokenizer, max_new_tokens)}
+               **{name: {int(b): v for b, v in value.items()} if isinstance(value, dict) else value
+                  for name, value in sized.items()},
+               "max_new_tokens": max_new_tokens, **_describe(rows, tokenizer, max_new_tokens)}
     return rows, teacher, damage
 
 
@@ -295,6 +309,54 @@ def _size_damage(base, tokenizer, probe, damage, target_kl, balanced) -> dict:
         fractions = dict.fromkeys(blocks, _sized_fraction(lambda f: kl_of(dict.fromkeys(blocks, f)), target_kl))
     return {"fractions": fractions, "kl_alone": {block: round(kl_of({block: fractions[block]}), 4) for block in blocks},
             "measured_kl": round(kl_of(fractions), 4)}
+
+
+class RowsKL:
+    """KL(base || student) per answer token of the rows, where the base wrote them: the base's log-probabilities at
+    the answer positions are kept, so each student costs one forward pass."""
+
+    def __init__(self, base, tokenizer, rows):
+        from .oracle import batches
+
+        self.batches = batches(tokenizer, rows, max_length=SAMPLED_MAX_LENGTH)
+        self.base_logp = [self._answer_logp(base, batch) for batch in self.batches]
+
+    @staticmethod
+    @torch.no_grad()
+    def _answer_logp(model, batch):
+        answer = batch["labels"][:, 1:] != -100  # the position before each answer token predicts it
+        return torch.log_softmax(model.eval()(**batch).logits[:, :-1][answer].float(), -1)
+
+    def __call__(self, student) -> float:
+        total = count = 0
+        for batch, log_b in zip(self.batches, self.base_logp):
+            log_s = self._answer_logp(student, batch)
+            total += float((log_b.exp() * (log_b - log_s)).sum())
+            count += len(log_b)
+        return total / count
+
+
+def _size_marginals(base, tokenizer, rows, damage, target_kl, rounds=5) -> dict:
+    """`balanced_rows`: fractions whose marginal KLs on `rows` are each `target_kl` / the number of planted blocks.
+    A marginal grows about as the square of its own fraction, so each round scales every fraction by the square root
+    of its share over its marginal (at most 4x, at most the whole part); `rounds` rounds of 1 + n KL measurements."""
+    kl = RowsKL(base, tokenizer, rows)
+
+    def kl_of(fractions):
+        return kl(damage(copy.deepcopy(base), fractions))
+
+    def marginals(fractions):
+        everything = kl_of(fractions)
+        return everything, {b: everything - kl_of({o: f for o, f in fractions.items() if o != b}) for b in fractions}
+
+    share = target_kl / len(damage.planted_blocks)
+    fractions = dict.fromkeys(damage.planted_blocks, 0.5)
+    for _ in range(rounds):
+        _, marginal = marginals(fractions)
+        fractions = {b: min(1.0, f * min(4.0, (share / max(marginal[b], 1e-9)) ** 0.5)) for b, f in fractions.items()}
+    everything, marginal = marginals(fractions)
+    return {"fractions": fractions, "marginal_kl": {b: round(m, 6) for b, m in marginal.items()},
+            "measured_kl": round(everything, 6), "sizing_rows": len(rows)}
 
 
 def _describe(rows, tokenizer, max_new_tokens) -> dict:

@@ -42,7 +42,8 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_p
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGETS = {"qv": LORA["target_modules"], "all_linear": ALL_LINEAR}
 SPEED_BLOCKS = list(range(15, 30))  # the upper half: the fine-tune needs no backward below block 15
-PLANTED_DESIGNS = ("greedy", "sampled", "principal", "repair", "balanced")  # built by benchmarks.planted.planted_rows
+# built by benchmarks.planted.planted_rows
+PLANTED_DESIGNS = ("greedy", "sampled", "principal", "repair", "balanced", "balanced_rows")
 TASKS = ["hyperbaton", "intent_recognition", "reasoning_about_colored_objects", "instructions"]
 
 # learn: all-block LoRA clearly beats zero-shot. overfit: a small training set over many epochs, where all-block LoRA's
@@ -141,7 +142,9 @@ def parse_args(argv=None):
                         "writes 48 sampled tokens for a student whose planted blocks lose part of their weights' top "
                         "singular directions (one part for all, KL 0.1); balanced (the default: every planted block "
                         "changes the answers as much as every other) = repair with each block's part sized alone to "
-                        "an equal share of the KL; the committed results.json used greedy (see benchmarks/README.md)")
+                        "an equal share of the KL on a probe of greedy answers; balanced_rows = repair with each "
+                        "block's marginal KL (all damaged against all but it) an equal share, on the sampled rows; "
+                        "the committed results.json used greedy (see benchmarks/README.md)")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
                                    "(default: all of the profile's)")
     p.add_argument("--flexora-options", type=json_object, default={},

@@ -57,11 +57,44 @@ def test_the_balanced_design_plants_every_block_equally(tiny_llama_dir):
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
     _, teacher, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=0.002, max_new_tokens=8,
-                                     balanced=True)
+                                     sizing="balanced")
     assert teacher["design"] == "balanced"
     assert teacher["kl_alone"][0] == pytest.approx(0.001, rel=0.25)
     assert teacher["kl_alone"][2] == pytest.approx(0.001, rel=0.25)
     assert damage.fractions[0] != damage.fractions[2]  # the two blocks need different parts to move it as much
+
+
+def _answer_kl_on_rows(base, student, rows):
+    """KL(base || student) per answer token, one row at a time (not the benchmark's batched `RowsKL`)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]])
+            log_b, log_s = (torch.log_softmax(m(input_ids=ids).logits[0, :-1].float(), -1) for m in (base, student))
+            answer = torch.tensor(row["completion_mask"][1:]).bool()
+            total += float((log_b.exp() * (log_b - log_s)).sum(-1)[answer].sum())
+            count += int(answer.sum())
+    return total / count
+
+
+def test_balanced_rows_gives_every_block_an_equal_marginal_kl_on_the_rows(tiny_llama_dir):
+    """`balanced_rows` sizes each block so that undoing its damage alone, the others' kept, gives back an equal share
+    of the KL on the sampled rows themselves (not on a probe of greedy answers): checked here row by row, apart from
+    the sizing's own batched measurement."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
+    rows, teacher, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=0.002, max_new_tokens=8,
+                                        sizing="balanced_rows")
+    assert teacher["design"] == "balanced_rows" and teacher["sizing_rows"] == len(rows)  # 36 rows: all of them
+    everything = _answer_kl_on_rows(base, damage(copy.deepcopy(base)), rows)
+    assert teacher["measured_kl"] == pytest.approx(everything, rel=1e-3)
+    for block, other in ((0, 2), (2, 0)):
+        without = _answer_kl_on_rows(base, damage(copy.deepcopy(base), {other: damage.fractions[other]}), rows)
+        assert everything - without == pytest.approx(0.001, rel=0.25)
+        assert teacher["marginal_kl"][block] == pytest.approx(everything - without, abs=1e-4)
+    assert damage.fractions[0] != damage.fractions[2]
 
 
 def test_the_bases_rows_are_kept_in_the_cache_and_read_back(tiny_llama_dir, tmp_path):
@@ -85,7 +118,7 @@ def test_the_damages_sizing_is_kept_in_the_cache_and_read_back(tiny_llama_dir, t
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
-    sized = dict(target_kl=0.002, max_new_tokens=8, balanced=True)
+    sized = dict(target_kl=0.002, max_new_tokens=8, sizing="balanced")
     _, fresh, fresh_damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, **sized)
     _, first, _ = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, rows_cache=tmp_path, **sized)
     assert first == fresh  # the cache changes nothing the job measures
