@@ -14,7 +14,8 @@ import torch
 from flexora_trl.smollm2 import cache_root
 
 SAMPLED_MAX_LENGTH = 128  # prompts of up to ~80 tokens and 48 sampled ones
-REPAIR_DESIGNS = ("repair", "balanced", "balanced_rows")  # the base writes the rows; the student is the base damaged
+# the base writes the rows; the student is the base damaged (`Damage`)
+REPAIR_DESIGNS = ("repair", "balanced", "balanced_rows")
 SIZING_ROWS = 64  # `balanced_rows`: the rows its damage is sized on (about 1,200 answer tokens on SmolLM2)
 
 
