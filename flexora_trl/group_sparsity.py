@@ -4,10 +4,10 @@ for one change instead of sharing it.
 Why: with LoRA on every linear module, one block's LoRA can make up, through the residual stream, for a change
 another block needs, so a search that trains every block at once can spread the change and no score can tell the
 blocks apart. (The planted benchmark's first evidence for it, an unplanted block's LoRA taking more than any planted
-block's exact repair, was the noise of 64 held-out rows; on 768 it did not hold.) The group lasso (Yuan & Lin, 2006) adds `strength * ||B_l||` per
-block (the Frobenius norm of all the block's LoRA `B` matrices together) to the search's training loss: under
-gradient descent a block's B stays at zero while the norm of its loss gradient is below `strength`, so the blocks that
-lower the loss most per unit of weight take the change and the others stay at zero.
+block's exact repair, was the noise of 64 held-out rows; on 768 it did not hold.) The group lasso (Yuan & Lin, 2006)
+adds `strength * ||B_l||` per block (the Frobenius norm of all the block's LoRA `B` matrices together) to the search's
+training loss: under gradient descent a block's B stays at zero while the norm of its loss gradient is below
+`strength`, so the blocks that lower the loss most per unit of weight take the change and the others stay at zero.
 
 The strength is scale-free: `search_group_sparsity` times the blocks' mean gradient norm on the first inner step,
 where every B is zero and that gradient is what decides whether a block leaves zero at all. A loss penalty, not a

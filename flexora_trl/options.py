@@ -104,11 +104,11 @@ class FlexoraArguments:
         metadata={"help": "Strength of a group-lasso penalty on each block's LoRA during the search (the norm of all "
                   "the block's LoRA B weights, added to the training loss), relative to the blocks' mean gradient "
                   "norm on the first inner step. Meant to make the blocks compete for one change instead of sharing "
-                  "it: under gradient descent a block's B stays at zero while its gradient norm is below the strength; under the "
-                  "search's Adam, measured, no block was left at zero and the planted blocks were found no better "
-                  "(benchmarks/README.md). For the scores measured after the search (`ablation`...); the record "
-                  "gives each block's final norm (`lora_norms`). None (the default): off (the authors). First-order "
-                  "hypergradient only."},
+                  "it: under gradient descent a block's B stays at zero while its gradient norm is below the "
+                  "strength; under the search's Adam, measured, no block was left at zero and the planted blocks "
+                  "were found no better (benchmarks/README.md). For the scores measured after the search "
+                  "(`ablation`...); the record gives each block's final norm (`lora_norms`). None (the default): off "
+                  "(the authors). First-order hypergradient only."},
     )
     selection_score: str = field(
         default="gate",
