@@ -29,9 +29,20 @@ def trained_search(tiny_gpt2_dir, chat_examples, tmp_path, request):
     search.gates.remove()
 
 
+def _tokens(batch) -> int:
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
 def _val_loss(search, batches) -> float:
+    """The validation loss per answer token over all of `batches` (summed token losses over their count), from the
+    logits: what the after-search scores compare, whatever the batches' sizes."""
+    total = 0.0
     with torch.no_grad():
-        return sum(float(search.loss(batch)) for batch in batches)
+        for batch in batches:
+            inputs = {key: batch[key] for key in ("input_ids", "attention_mask") if key in batch}
+            logits, labels = search.model(**inputs).logits[:, :-1], batch["labels"][:, 1:]
+            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum"))
+    return total / sum(_tokens(batch) for batch in batches)
 
 
 @pytest.mark.parametrize("trained_search", ["taylor"], indirect=True)
@@ -53,7 +64,7 @@ def _minus_mask_slope(search, batches, position, step=1e-5) -> float:
     for sign in (1, -1):
         with torch.no_grad():
             mask[position] += sign * step
-        values.append(_val_loss(search, batches) / len(batches))
+        values.append(_val_loss(search, batches))
         with torch.no_grad():
             mask[position] -= sign * step
     return -(values[0] - values[1]) / (2 * step)
@@ -95,7 +106,7 @@ def test_ablation_score_is_the_loss_with_the_block_switched_off(trained_search):
     for block in search.gates.blocks:
         with _without_lora(search, block):
             without = _val_loss(search, batches)
-        assert result.scores[block] == pytest.approx((without - everything) / len(batches), rel=1e-4)
+        assert result.scores[block] == pytest.approx(without - everything, rel=1e-4)
     assert float(search.gates.mask.min()) == 1.0  # every block switched back on
 
 
@@ -110,7 +121,7 @@ def test_insertion_score_is_the_loss_drop_of_the_block_alone(trained_search):
     for block in blocks:
         with _lora_on(search, blocks, {block}):
             alone = _val_loss(search, batches)
-        assert result.scores[block] == pytest.approx((nothing - alone) / len(batches), rel=1e-4)
+        assert result.scores[block] == pytest.approx(nothing - alone, rel=1e-4)
     assert float(search.gates.mask.min()) == 1.0  # every block switched back on
 
 
@@ -126,7 +137,7 @@ def _lora_on(search, blocks, on):
 @pytest.mark.parametrize("trained_search", ["banzhaf"], indirect=True)
 def test_banzhaf_score_is_the_blocks_contribution_in_each_batchs_drawn_context(trained_search):
     """On each batch a context drawn with the seed (each block's LoRA off with probability one half): the loss
-    without the block's LoRA minus with it, the other blocks as drawn; averaged over the batches."""
+    without the block's LoRA minus with it, the other blocks as drawn; averaged over the batches' answer tokens."""
     search, val_loader = trained_search
     result = BanzhafScore().result(search, [], val_loader)
     blocks = search.gates.blocks
@@ -140,8 +151,9 @@ def test_banzhaf_score_is_the_blocks_contribution_in_each_batchs_drawn_context(t
             with _lora_on(search, blocks, context):
                 without = _val_loss(search, [batch])
             with _lora_on(search, blocks, context | {block}):
-                differences.append(without - _val_loss(search, [batch]))
-        assert result.scores[block] == pytest.approx(sum(differences) / 2, rel=1e-4, abs=1e-12)
+                differences.append((without - _val_loss(search, [batch])) * _tokens(batch))
+        tokens = sum(_tokens(batch) for batch in list(val_loader)[:2])
+        assert result.scores[block] == pytest.approx(sum(differences) / tokens, rel=1e-4, abs=1e-12)
     assert float(search.gates.mask.min()) == 1.0
 
 
@@ -164,7 +176,7 @@ def test_forward_selection_adds_the_block_that_lowers_the_loss_most_given_those_
         gains = {}
         for block in sorted(set(blocks) - on):
             with _lora_on(search, blocks, on | {block}):
-                gains[block] = (now - _val_loss(search, batches)) / len(batches)
+                gains[block] = now - _val_loss(search, batches)
         best = max(gains, key=gains.get)
         if rule["selection_rule"] == "positive" and gains[best] <= 0 and added:
             break
@@ -214,8 +226,7 @@ def test_a_score_takes_each_validation_batch_once(trained_search):
     everything = _val_loss(search, batches)
     block = search.gates.blocks[0]
     with _without_lora(search, block):
-        assert result.scores[block] == pytest.approx((_val_loss(search, batches) - everything) / len(batches),
-                                                     rel=1e-4)
+        assert result.scores[block] == pytest.approx(_val_loss(search, batches) - everything, rel=1e-4)
 
 
 def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_dir, chat_examples, tmp_path):
@@ -233,7 +244,8 @@ def test_ablation_is_measured_in_full_precision_under_bf16_autocast(tiny_llama_d
 
     def float32_loss():
         with torch.no_grad():  # no autocast here: the model's own float32
-            return sum(float(trainer.compute_loss(search.model, dict(batch))) for batch in batches) / len(batches)
+            losses = [float(trainer.compute_loss(search.model, dict(batch))) * _tokens(batch) for batch in batches]
+            return sum(losses) / sum(_tokens(batch) for batch in batches)
 
     everything = float32_loss()
     for block in search.gates.blocks:
@@ -311,33 +323,45 @@ def test_summarise_takes_each_block_over_its_own_batches():
     assert result.scores == {7: pytest.approx(3.0), 9: pytest.approx(2.0)}
     assert result.stderr == {7: pytest.approx(statistics.stdev([1, 3, 5]) / 3**0.5), 9: 0.0}
     assert result.batches == {7: 3, 9: 1}
+    weighted = summarise([7, 9], samples, weights=[1, 2, 7])  # per-token: batches of 1, 2 and 7 answer tokens
+    assert weighted.scores == {7: pytest.approx((1 + 3 * 2 + 5 * 7) / 10), 9: pytest.approx(2.0)}
+    assert weighted.stderr[7] == pytest.approx(_token_mean([(1, 1), (3, 2), (5, 7)])[1])
+    assert weighted.batches == result.batches
+
+
+def _token_mean(rises):
+    """The per-token mean of per-batch mean rises [(rise, tokens)] and its standard error (a weighted mean's)."""
+    total = sum(tokens for _, tokens in rises)
+    mean = sum(rise * tokens for rise, tokens in rises) / total
+    spread = sum((tokens / total) ** 2 * (rise - mean) ** 2 for rise, tokens in rises) * len(rises) / (len(rises) - 1)
+    return mean, spread**0.5
 
 
 def test_early_stop_measures_only_the_blocks_in_doubt(tiny_gpt2_dir, chat_examples, tmp_path):
     """`score_early_stop`: every block on the first 8 batches, then only those within 2 standard errors of the
     boundary of the current scores, batch by batch (replayed here in plain Python on the per-batch rises of the
-    same batches); a block's score is the mean over its own batches, and the pass is shorter than the full one."""
+    same batches); a block's score is the mean over its own batches' answer tokens, and the pass is shorter than the
+    full one."""
     search, _, val_loader = float64_search(
         tiny_gpt2_dir, chat_examples[:64], tmp_path, inner_steps=3, learning_rate=1e-2, selection_score="ablation",
         per_device_eval_batch_size=1, search_holdout_samples=16, score_val_batches=16, score_early_stop=True,
-        selection_rule="top_k", selection_top_k=2)
+        selection_rule="top_k", selection_top_k=1)
     search.model.eval()
     blocks, everyone = search.gates.blocks, list(range(len(search.gates.blocks)))
-    rises = [search.score.measure(search, batch, everyone).tolist() for batch in val_loader]
-    assert len(rises) == 16
+    rises = [(search.score.measure(search, batch, everyone).tolist(), _tokens(batch)) for batch in val_loader]
+    assert len(rises) == 16 and len({tokens for _, tokens in rises}) > 1  # answers of different lengths
     kept = {position: [] for position in everyone}
-    for index, row in enumerate(rises):
+    for index, (row, tokens) in enumerate(rises):
         doubt = everyone
         if index >= 8:
-            means = {blocks[p]: statistics.mean(kept[p]) for p in everyone}
+            means = {blocks[p]: _token_mean(kept[p])[0] for p in everyone}
             line = boundary(means, search.options)
-            doubt = [p for p in everyone
-                     if abs(means[blocks[p]] - line) <= 2 * statistics.stdev(kept[p]) / len(kept[p]) ** 0.5]
+            doubt = [p for p in everyone if abs(means[blocks[p]] - line) <= 2 * _token_mean(kept[p])[1]]
         for position in doubt:
-            kept[position].append(row[position])
+            kept[position].append((row[position], tokens))
     result = search.score.result(search, [], val_loader)
     assert result.batches == {blocks[p]: len(kept[p]) for p in everyone}
-    assert result.scores == {blocks[p]: pytest.approx(statistics.mean(kept[p]), rel=1e-9) for p in everyone}
+    assert result.scores == {blocks[p]: pytest.approx(_token_mean(kept[p])[0], rel=1e-9) for p in everyone}
     assert min(result.batches.values()) < 16 and max(result.batches.values()) > 8  # some stopped, some went on
     search.gates.remove()
 
