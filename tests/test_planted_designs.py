@@ -97,6 +97,17 @@ def test_balanced_rows_gives_every_block_an_equal_marginal_kl_on_the_rows(tiny_l
     assert damage.fractions[0] != damage.fractions[2]
 
 
+def test_balanced_rows_refuses_a_set_it_cannot_balance(tiny_llama_dir):
+    """A share no fraction of the blocks' parts can give ends in an error naming the blocks and the measured
+    marginals, not in a record whose blocks are unequally planted (set 14 on q,v, five rounds: 0.99 to -0.005)."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 4)]
+    with pytest.raises(ValueError, match=r"planted blocks \[0, 2\] cannot each be given a marginal KL of 25"):
+        repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=50.0, max_new_tokens=8, sizing="balanced_rows")
+
+
 def test_the_bases_rows_are_kept_in_the_cache_and_read_back(tiny_llama_dir, tmp_path):
     """The base's sampled rows depend on the prompts and the seed only: a second planted job on them reads them."""
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)

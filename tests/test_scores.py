@@ -343,7 +343,7 @@ def test_early_stop_measures_only_the_blocks_in_doubt(tiny_gpt2_dir, chat_exampl
     same batches); a block's score is the mean over its own batches' answer tokens, and the pass is shorter than the
     full one."""
     search, _, val_loader = float64_search(
-        tiny_gpt2_dir, chat_examples[:64], tmp_path, inner_steps=3, learning_rate=1e-2, selection_score="ablation",
+        tiny_gpt2_dir, chat_examples[:64], tmp_path, inner_steps=8, learning_rate=2e-2, selection_score="ablation",
         per_device_eval_batch_size=1, search_holdout_samples=16, score_val_batches=16, score_early_stop=True,
         selection_rule="top_k", selection_top_k=1)
     search.model.eval()
