@@ -70,9 +70,10 @@ def held_out_loss(model, val):
     the standard error on the sampled rows, whose answers run from 1 to 48 tokens)."""
     from flexora_trl.scores import answer_tokens
 
+    tokens = [answer_tokens(batch) for batch in val]
     model.eval()
     with torch.no_grad():
-        return sum(float(model(**batch).loss) * answer_tokens(batch) for batch in val) / sum(map(answer_tokens, val))
+        return sum(float(model(**batch).loss) * count for batch, count in zip(val, tokens)) / sum(tokens)
 
 
 def repair_reference(model_dir, val, damage):

@@ -281,8 +281,8 @@ def repair_rows(base, tokenizer, prompts, planted_blocks, target_modules, target
                REPAIR_RANK, SIZING_ROWS]
         share = target_kl / len(planted_blocks)
         sized = _cached(rows_cache, key, lambda: _size_marginals(base, tokenizer, rows[-SIZING_ROWS:], damage,
-                                                                 target_kl), keep=lambda v: _balanced(v, share))
-        if not _balanced(sized, share):
+                                                                 target_kl), keep=lambda v: _balanced(v["marginal_kl"], share))
+        if not _balanced(sized["marginal_kl"], share):
             raise ValueError(f"balanced_rows: planted blocks {list(planted_blocks)} cannot each be given a marginal KL "
                              f"of {share:.4f} (within {BALANCE_TOLERANCE:.0%}): measured {sized['marginal_kl']} at "
                              f"fractions {sized['fractions']}; draw another set or lower --target-kl")
@@ -365,8 +365,7 @@ def _size_marginals(base, tokenizer, rows, damage, target_kl, rounds=5, most_rou
     done = 0
     while True:
         everything, marginal = marginals(fractions)
-        balanced = _balanced({"marginal_kl": marginal}, share)
-        if done >= most_rounds or (done >= rounds and balanced):
+        if done >= most_rounds or (done >= rounds and _balanced(marginal, share)):
             break
         fractions = {b: min(1.0, f * min(4.0, (share / max(marginal[b], 1e-9)) ** 0.5)) for b, f in fractions.items()}
         done += 1
@@ -374,9 +373,9 @@ def _size_marginals(base, tokenizer, rows, damage, target_kl, rounds=5, most_rou
             "measured_kl": round(everything, 6), "sizing_rows": len(rows), "sizing_rounds": done}
 
 
-def _balanced(sized: dict, share: float) -> bool:
+def _balanced(marginal_kl: dict, share: float) -> bool:
     """Every planted block's marginal KL within BALANCE_TOLERANCE of its share."""
-    return all(abs(m - share) <= BALANCE_TOLERANCE * share for m in sized["marginal_kl"].values())
+    return all(abs(m - share) <= BALANCE_TOLERANCE * share for m in marginal_kl.values())
 
 
 def _describe(rows, tokenizer, max_new_tokens) -> dict:

@@ -63,7 +63,7 @@ def summarise(blocks: list[int], samples: list[torch.Tensor], trainer=None, weig
 
 def answer_tokens(batch) -> int:
     """The tokens a batch's loss is the mean over (labels not -100, after the one-token shift); 1 without labels."""
-    labels = batch.get("labels") if hasattr(batch, "get") else None
+    labels = batch.get("labels")
     return 1 if labels is None else max(1, int((labels[..., 1:] != -100).sum()))
 
 
