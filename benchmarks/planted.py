@@ -280,8 +280,9 @@ def repair_rows(base, tokenizer, prompts, planted_blocks, target_modules, target
         key = ["damage-rows", base.name_or_path, prompts, seed, list(planted_blocks), list(target_modules), target_kl,
                REPAIR_RANK, SIZING_ROWS]
         share = target_kl / len(planted_blocks)
-        sized = _cached(rows_cache, key, lambda: _size_marginals(base, tokenizer, rows[-SIZING_ROWS:], damage,
-                                                                 target_kl), keep=lambda v: _balanced(v["marginal_kl"], share))
+        sized = _cached(rows_cache, key,
+                        lambda: _size_marginals(base, tokenizer, rows[-SIZING_ROWS:], damage, target_kl),
+                        keep=lambda v: _balanced(v["marginal_kl"], share))
         if not _balanced(sized["marginal_kl"], share):
             raise ValueError(f"balanced_rows: planted blocks {list(planted_blocks)} cannot each be given a marginal KL "
                              f"of {share:.4f} (within {BALANCE_TOLERANCE:.0%}): measured {sized['marginal_kl']} at "
