@@ -17,6 +17,7 @@ Results: benchmarks/results/oracle/<set>_<targets>_<design>[_undamaged][_blocks]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import time
@@ -79,13 +80,13 @@ def held_out_loss(model, val):
 def repair_reference(model_dir, val, damage):
     """The repair designs' yardstick on the oracle's own held-out rows: the damaged student's loss minus the base's
     (the most any repair can give there) and, per planted block, the drop from undoing its damage alone, exactly."""
-    damaged = held_out_loss(damage(load_base(model_dir)), val)
+    base = load_base(model_dir)
+    damaged = held_out_loss(damage(copy.deepcopy(base)), val)
     exact = {}
     for block in damage.planted_blocks:
         others = {b: f for b, f in damage.fractions.items() if b != block}
-        exact[block] = damaged - held_out_loss(damage(load_base(model_dir), others), val)
-    return {"damaged_val_loss": damaged, "base_val_loss": held_out_loss(load_base(model_dir), val),
-            "exact_repair_drops": exact}
+        exact[block] = damaged - held_out_loss(damage(copy.deepcopy(base), others), val)
+    return {"damaged_val_loss": damaged, "base_val_loss": held_out_loss(base, val), "exact_repair_drops": exact}
 
 
 def single_block_drops(model_dir, lora, train, val, blocks, steps, lr, student):

@@ -187,6 +187,8 @@ def sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_
 
 
 REPAIR_RANK = 4  # below the benchmark's LoRA rank (8): a planted block's LoRA can undo its damage exactly
+MOST_FRACTION = 2.0  # `balanced_rows`: past 1 the part's directions are reflected (set 15's block 24 needs more
+# than its whole part: 0.009 of a 0.0167 share); still rank REPAIR_RANK, still undone exactly
 
 
 def target_modules_by_block(model, target_modules):
@@ -204,9 +206,9 @@ def _planted_modules(model, planted_blocks, target_modules):
 
 class Damage:
     """The repair design's student: in every target module of a planted block, the weight's top REPAIR_RANK singular
-    directions shrunk by that block's fraction (`fractions`). A change the base's own training put there (not a random
-    direction, which any later block imitates), of a rank the planted block's LoRA can undo exactly and no other
-    block can."""
+    directions shrunk by that block's fraction (`fractions`; past 1 they are reflected). A change the base's own
+    training put there (not a random direction, which any later block imitates), of a rank the planted block's LoRA
+    can undo exactly and no other block can."""
 
     def __init__(self, base, planted_blocks, target_modules):
         self.planted_blocks, self.target_modules = planted_blocks, target_modules
@@ -348,10 +350,13 @@ class RowsKL:
 
 def _size_marginals(base, tokenizer, rows, damage, target_kl, rounds=5, most_rounds=15) -> dict:
     """`balanced_rows`: fractions whose marginal KLs on `rows` are each `target_kl` / the number of planted blocks.
-    A marginal grows about as the square of its own fraction, so each round scales every fraction by the square root
-    of its share over its marginal (at most 4x, at most the whole part); `rounds` rounds of 1 + n KL measurements,
-    and more (up to `most_rounds`) while a marginal is off its share by more than BALANCE_TOLERANCE (one block's
-    damage many times the share, as block 0's on set 14, q,v: 60x after five rounds)."""
+    A block's marginal depends on the other blocks' damage as well as its own (set 14, q,v, neighbours 0/1 and 7/8: a
+    rule scaling each fraction by the square root of its share over its marginal left them heavy in turn after
+    fifteen rounds, and one marginal below zero), so each round is a quasi-Newton (Broyden) step on all the
+    fractions at once: it starts from each marginal growing as the square of its own fraction and learns how they
+    move together from each round's change; a step is held to 4x either way and to MOST_FRACTION. `rounds` rounds of
+    1 + n KL measurements, and more (up to `most_rounds`) while a marginal is off its share by more than
+    BALANCE_TOLERANCE."""
     kl = RowsKL(base, tokenizer, rows)
 
     def kl_of(fractions):
@@ -361,17 +366,26 @@ def _size_marginals(base, tokenizer, rows, damage, target_kl, rounds=5, most_rou
         everything = kl_of(fractions)
         return everything, {b: everything - kl_of({o: f for o, f in fractions.items() if o != b}) for b in fractions}
 
-    share = target_kl / len(damage.planted_blocks)
-    fractions = dict.fromkeys(damage.planted_blocks, 0.5)
-    done = 0
+    blocks = list(damage.planted_blocks)
+    share = target_kl / len(blocks)
+    fraction = torch.full((len(blocks),), 0.5, dtype=torch.float64)
+    done, jacobian = 0, None
     while True:
-        everything, marginal = marginals(fractions)
+        everything, marginal = marginals(dict(zip(blocks, fraction.tolist())))
         if done >= most_rounds or (done >= rounds and _balanced(marginal, share)):
             break
-        fractions = {b: min(1.0, f * min(4.0, (share / max(marginal[b], 1e-9)) ** 0.5)) for b, f in fractions.items()}
+        now = torch.tensor([marginal[b] for b in blocks], dtype=torch.float64)
+        if jacobian is None:
+            jacobian = torch.diag(2 * now.clamp(min=share) / fraction)
+        elif (moved := fraction - fraction_before) @ moved > 0:
+            jacobian += torch.outer(now - before - jacobian @ moved, moved) / (moved @ moved)
+        fraction_before, before = fraction, now
+        step = torch.linalg.lstsq(jacobian, (share - now).unsqueeze(1)).solution.squeeze(1)
+        fraction = torch.minimum(torch.maximum(fraction + step, fraction / 4), (4 * fraction).clamp(max=MOST_FRACTION))
         done += 1
-    return {"fractions": fractions, "marginal_kl": {b: round(m, 6) for b, m in marginal.items()},
-            "measured_kl": round(everything, 6), "sizing_rows": len(rows), "sizing_rounds": done}
+    return {"fractions": dict(zip(blocks, fraction.tolist())),
+            "marginal_kl": {b: round(m, 6) for b, m in marginal.items()}, "measured_kl": round(everything, 6),
+            "sizing_rows": len(rows), "sizing_rounds": done}
 
 
 def _balanced(marginal_kl: dict, share: float) -> bool:

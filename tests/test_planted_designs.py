@@ -108,6 +108,25 @@ def test_balanced_rows_refuses_a_set_it_cannot_balance(tiny_llama_dir):
         repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=50.0, max_new_tokens=8, sizing="balanced_rows")
 
 
+def test_balanced_rows_takes_more_than_a_weak_blocks_whole_part(tiny_llama_dir):
+    """A block whose whole part gives less than its share (set 15's block 24 on q,v: 0.009 of 0.0167) is given more:
+    its part's directions reflected, still of rank REPAIR_RANK. Here block 2's whole part, with block 0's at its
+    share, gives about 0.0017 of a 0.0025 share."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
+    _, teacher, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=0.005, max_new_tokens=8,
+                                     sizing="balanced_rows")
+    assert damage.fractions[2] > 1.0
+    assert all(m == pytest.approx(0.0025, rel=0.25) for m in teacher["marginal_kl"].values())
+    weight = base.model.layers[2].self_attn.v_proj.weight.detach()
+    difference = weight - damage(copy.deepcopy(base)).model.layers[2].self_attn.v_proj.weight.detach()
+    assert torch.linalg.matrix_rank(difference) == REPAIR_RANK
+    top = torch.linalg.svdvals(weight)[:REPAIR_RANK]
+    torch.testing.assert_close(torch.linalg.svdvals(difference)[:REPAIR_RANK], damage.fractions[2] * top)
+
+
 def test_the_bases_rows_are_kept_in_the_cache_and_read_back(tiny_llama_dir, tmp_path):
     """The base's sampled rows depend on the prompts and the seed only: a second planted job on them reads them."""
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
