@@ -77,16 +77,23 @@ def _answer_kl_on_rows(base, student, rows):
     return total / count
 
 
+def _balanced_rows(tiny_llama_dir, target_kl, repeats=12):
+    """The base and `repair_rows`' (rows, teacher, damage) of blocks 0 and 2 on q,v, sized by `balanced_rows` on
+    3 x `repeats` prompts."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    prompts = [f"Question {i}: how many {word} are there?"
+               for i, word in enumerate(["cats", "dogs", "birds"] * repeats)]
+    return base, repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=target_kl, max_new_tokens=8,
+                             sizing="balanced_rows")
+
+
 def test_balanced_rows_gives_every_block_an_equal_marginal_kl_on_the_rows(tiny_llama_dir):
     """`balanced_rows` sizes each block so that undoing its damage alone, the others' kept, gives back an equal share
     of the KL on the sampled rows themselves (not on a probe of greedy answers): checked here row by row, apart from
     the sizing's own batched measurement."""
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
-    rows, teacher, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=0.002, max_new_tokens=8,
-                                        sizing="balanced_rows")
+    base, (rows, teacher, damage) = _balanced_rows(tiny_llama_dir, target_kl=0.002)
     assert teacher["design"] == "balanced_rows" and teacher["sizing_rows"] == len(rows)  # 36 rows: all of them
     everything = _answer_kl_on_rows(base, damage(copy.deepcopy(base)), rows)
     assert teacher["measured_kl"] == pytest.approx(everything, rel=1e-3)
@@ -100,24 +107,15 @@ def test_balanced_rows_gives_every_block_an_equal_marginal_kl_on_the_rows(tiny_l
 def test_balanced_rows_refuses_a_set_it_cannot_balance(tiny_llama_dir):
     """A share no fraction of the blocks' parts can give ends in an error naming the blocks and the measured
     marginals, not in a record whose blocks are unequally planted (set 14 on q,v, five rounds: 0.99 to -0.005)."""
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 4)]
     with pytest.raises(ValueError, match=r"planted blocks \[0, 2\] cannot each be given a marginal KL of 25"):
-        repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=50.0, max_new_tokens=8, sizing="balanced_rows")
+        _balanced_rows(tiny_llama_dir, target_kl=50.0, repeats=4)
 
 
 def test_balanced_rows_takes_more_than_a_weak_blocks_whole_part(tiny_llama_dir):
     """A block whose whole part gives less than its share (set 15's block 24 on q,v: 0.009 of 0.0167) is given more:
     its part's directions reflected, still of rank REPAIR_RANK. Here block 2's whole part, with block 0's at its
     share, gives about 0.0017 of a 0.0025 share."""
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    prompts = [f"Question {i}: how many {word} are there?" for i, word in enumerate(["cats", "dogs", "birds"] * 12)]
-    _, teacher, damage = repair_rows(base, tokenizer, prompts, [0, 2], TARGETS, target_kl=0.005, max_new_tokens=8,
-                                     sizing="balanced_rows")
+    base, (_, teacher, damage) = _balanced_rows(tiny_llama_dir, target_kl=0.005)
     assert damage.fractions[2] > 1.0
     assert all(m == pytest.approx(0.0025, rel=0.25) for m in teacher["marginal_kl"].values())
     weight = base.model.layers[2].self_attn.v_proj.weight.detach()
