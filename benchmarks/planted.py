@@ -187,8 +187,8 @@ def sampled_teacher_rows(base, tokenizer, prompts, planted_blocks, lora, target_
 
 
 REPAIR_RANK = 4  # below the benchmark's LoRA rank (8): a planted block's LoRA can undo its damage exactly
-MOST_FRACTION = 2.0  # `balanced_rows`: past 1 the part's directions are reflected (set 15's block 24 needs more
-# than its whole part: 0.009 of a 0.0167 share); still rank REPAIR_RANK, still undone exactly
+MOST_FRACTION = 2.0  # `balanced_rows`: past 1 the part's directions turn negative (at 2, mirrored): set 15's block
+# 24 needs more than its whole part (0.009 of a 0.0167 share); still rank REPAIR_RANK, still undone exactly
 
 
 def target_modules_by_block(model, target_modules):
@@ -206,7 +206,7 @@ def _planted_modules(model, planted_blocks, target_modules):
 
 class Damage:
     """The repair design's student: in every target module of a planted block, the weight's top REPAIR_RANK singular
-    directions shrunk by that block's fraction (`fractions`; past 1 they are reflected). A change the base's own
+    directions shrunk by that block's fraction (`fractions`; past 1 they turn negative). A change the base's own
     training put there (not a random direction, which any later block imitates), of a rank the planted block's LoRA
     can undo exactly and no other block can."""
 

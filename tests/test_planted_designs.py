@@ -105,15 +105,15 @@ def test_balanced_rows_gives_every_block_an_equal_marginal_kl_on_the_rows(tiny_l
 
 
 def test_balanced_rows_refuses_a_set_it_cannot_balance(tiny_llama_dir):
-    """A share no fraction of the blocks' parts can give ends in an error naming the blocks and the measured
-    marginals, not in a record whose blocks are unequally planted (set 14 on q,v, five rounds: 0.99 to -0.005)."""
+    """A share no fraction of the blocks' parts (up to MOST_FRACTION) can give ends in an error naming the blocks and
+    the measured marginals, not in a record whose blocks are unequally planted (25 nats a token here)."""
     with pytest.raises(ValueError, match=r"planted blocks \[0, 2\] cannot each be given a marginal KL of 25"):
         _balanced_rows(tiny_llama_dir, target_kl=50.0, repeats=4)
 
 
 def test_balanced_rows_takes_more_than_a_weak_blocks_whole_part(tiny_llama_dir):
     """A block whose whole part gives less than its share (set 15's block 24 on q,v: 0.009 of 0.0167) is given more:
-    its part's directions reflected, still of rank REPAIR_RANK. Here block 2's whole part, with block 0's at its
+    its part's directions turned negative, still of rank REPAIR_RANK. Here block 2's whole part, with block 0's at its
     share, gives about 0.0017 of a 0.0025 share."""
     base, (_, teacher, damage) = _balanced_rows(tiny_llama_dir, target_kl=0.005)
     assert damage.fractions[2] > 1.0
