@@ -16,6 +16,7 @@ from typing import Optional
 
 VALIDATION_SOURCES = ("holdout", "eval_dataset")
 SELECTION_RULES = ("positive", "top_k", "top_fraction")
+SEARCH_LR_SCHEDULERS = ("constant", "linear", "cosine")
 GATE_OPTIMIZERS = ("adam", "sgd")
 # Measured once the search is over, on validation batches.
 AFTER_SEARCH_SCORES = ("ablation", "insertion", "banzhaf", "forward", "final_taylor")
@@ -73,8 +74,15 @@ class FlexoraArguments:
     )
     search_learning_rate: Optional[float] = field(
         default=None,
-        metadata={"help": "Learning rate of the LoRA weights during the search (AdamW, constant). Defaults to the "
-                  "training `learning_rate`."},
+        metadata={"help": "Learning rate of the LoRA weights during the search (AdamW; its schedule: "
+                  "`search_lr_scheduler`). Defaults to the training `learning_rate`."},
+    )
+    search_lr_scheduler: str = field(
+        default="constant",
+        metadata={"help": "Schedule of `search_learning_rate` over the search's inner steps: `constant` (the authors) "
+                  "or `linear` / `cosine` (to zero at the last planned step, as the Trainer's schedulers), so the LoRA "
+                  "that the scores after the search switch off has settled instead of carrying the last steps' noise. An "
+                  "unrolled look-ahead takes the current step's rate."},
     )
     gate_lr: float = field(
         default=0.01,
@@ -208,6 +216,7 @@ class FlexoraArguments:
                              f"the {self.selection_score!r} score is measured after it.")
         _check_int(self, "search_outer_every", minimum=1)
         _check_positive_float(self, "search_learning_rate", optional=True)
+        _check_choice(self, "search_lr_scheduler", SEARCH_LR_SCHEDULERS)
         _check_positive_float(self, "gate_lr")
         _check_choice(self, "gate_optimizer", GATE_OPTIMIZERS)
         _check_positive_float(self, "search_group_sparsity", optional=True)

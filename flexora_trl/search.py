@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from accelerate.utils import reduce
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from .budget import gate_warmup_steps
 from .gates import BlockGates
@@ -164,6 +165,8 @@ class GateSearch:
         )
         # The micro-batches of the coming inner steps, fetched ahead so that an unrolled outer step differentiates
         # through exactly the updates the inner loop is about to make.
+        schedule = get_scheduler(self.options.search_lr_scheduler, self.inner_optimizer,
+                                 num_warmup_steps=0, num_training_steps=num_inner_steps)
         upcoming = deque()
         lookahead = self.options.unroll_steps if self.options.hypergradient == "unrolled" else 0
         # Inner steps only at first: while LoRA's B is ~0 the gates get no gradient worth following.
@@ -171,8 +174,10 @@ class GateSearch:
         for step in range(1, num_inner_steps + 1):
             while len(upcoming) < 1 + lookahead:
                 upcoming.append([next(train_batches) for _ in range(self.accumulation)])
+            logs = {"flexora/search_learning_rate": schedule.get_last_lr()[0]}  # the rate this step takes
             train_loss = self._inner_step(upcoming.popleft())
-            logs = {"flexora/search_loss": train_loss.item()}
+            schedule.step()
+            logs["flexora/search_loss"] = train_loss.item()
             if not math.isfinite(logs["flexora/search_loss"]):
                 result.stopped_early = f"non-finite training loss at search step {step}"
                 logger.warning("Flexora: %s; stopping the search with the last good alpha.", result.stopped_early)

@@ -209,6 +209,7 @@ def test_non_lora_peft_is_an_error(tiny_llama_dir, chat_examples, tmp_path):
     (dict(selected_layers=[0, 7]), r"Selected blocks \[7\]"),
     (dict(selection_file="/nonexistent/flexora_selection.json"), "selection_file"),
     (dict(gate_lr=0.0), "gate_lr"),
+    (dict(search_lr_scheduler="step"), "search_lr_scheduler.*constant.*linear.*cosine"),
 ])
 def test_bad_setup_is_an_error_before_training(tiny_llama_dir, chat_examples, tmp_path, config, message):
     with pytest.raises(ValueError, match=message):
@@ -309,3 +310,19 @@ def test_same_seed_same_selection(tiny_llama_dir, chat_examples, tmp_path):
         trainer.train()
         runs.append(record(tmp_path / name))
     assert runs[0].alpha == runs[1].alpha and runs[0].selected_layers == runs[1].selected_layers
+
+
+@pytest.mark.parametrize("scheduler", ["constant", "linear"])
+def test_the_search_learning_rate_follows_its_schedule(scheduler, tiny_llama_dir, chat_examples, tmp_path):
+    logs = LogCollector()
+    trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, max_steps=1, logging_steps=1,
+                              search_learning_rate=4e-3, search_lr_scheduler=scheduler)
+    trainer.add_callback(logs)
+    trainer.train()
+    rates = [entry["flexora/search_learning_rate"] for entry in logs.logs if "flexora/search_learning_rate" in entry]
+    steps = record(tmp_path).search_inner_steps
+    assert len(rates) == steps >= 3 and rates[0] == pytest.approx(4e-3)
+    if scheduler == "constant":
+        assert rates == pytest.approx([4e-3] * steps)
+    else:  # down to zero after the last planned step: the step before it takes 1 / steps of the peak
+        assert rates == pytest.approx([4e-3 * (steps - i) / steps for i in range(steps)])
