@@ -163,10 +163,10 @@ class GateSearch:
             total=num_inner_steps, desc="Flexora search", disable=not self.trainer.is_local_process_zero()
             or self.trainer.args.disable_tqdm,
         )
-        # The micro-batches of the coming inner steps, fetched ahead so that an unrolled outer step differentiates
-        # through exactly the updates the inner loop is about to make.
         schedule = get_scheduler(self.options.search_lr_scheduler, self.inner_optimizer,
                                  num_warmup_steps=0, num_training_steps=num_inner_steps)
+        # The micro-batches of the coming inner steps, fetched ahead so that an unrolled outer step differentiates
+        # through exactly the updates the inner loop is about to make.
         upcoming = deque()
         lookahead = self.options.unroll_steps if self.options.hypergradient == "unrolled" else 0
         # Inner steps only at first: while LoRA's B is ~0 the gates get no gradient worth following.
