@@ -324,5 +324,5 @@ def test_the_search_learning_rate_follows_its_schedule(scheduler, tiny_llama_dir
     assert len(rates) == steps >= 3 and rates[0] == pytest.approx(4e-3)
     if scheduler == "constant":
         assert rates == pytest.approx([4e-3] * steps)
-    else:  # down to zero after the last planned step: the step before it takes 1 / steps of the peak
+    else:  # to zero after the last planned step: the last step takes 1 / steps of the peak
         assert rates == pytest.approx([4e-3 * (steps - i) / steps for i in range(steps)])
