@@ -82,7 +82,8 @@ class FlexoraArguments:
         metadata={"help": "Schedule of `search_learning_rate` over the search's inner steps: `constant` (the authors) "
                   "or `linear` / `cosine` (to zero at the last planned step, as the Trainer's schedulers), so the LoRA "
                   "that the scores after the search switch off has settled instead of carrying the last steps' "
-                  "noise. An unrolled look-ahead takes the current step's rate."},
+                  "noise. An unrolled look-ahead takes the coming inner step's rate for all its `unroll_steps` "
+                  "updates."},
     )
     gate_lr: float = field(
         default=0.01,
