@@ -15,6 +15,9 @@ proximal shrink after each optimizer step: under Adam a fixed shrink per step wo
 gradient's sign is, not by its size against the strength (tried on the tests' tiny planted model: no better).
 Measured (benchmarks/README.md, "The blocks made to compete"): under the search's AdamW no block's B was left at zero
 (each element keeps moving by about the learning rate), and the planted blocks were found no better than without it.
+Under `search_optimizer: normalized_sgd` (steps in proportion to the gradient) most blocks were left near zero, but the
+blocks that won were mostly unplanted ones that make up for several damaged blocks at once (the first blocks, the
+last): worse than without the penalty.
 """
 
 from __future__ import annotations

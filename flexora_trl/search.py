@@ -19,6 +19,7 @@ from .budget import gate_warmup_steps
 from .gates import BlockGates
 from .group_sparsity import GroupSparsity
 from .hypergradient import get_strategy
+from .normalized_sgd import NormalizedSGD
 from .options import FlexoraArguments
 from .scores import get_score
 from .selection import choose_blocks
@@ -56,7 +57,8 @@ class GateSearch:
         self.options = options
         self.lora_names, self.lora_params = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad])
         args = trainer.args
-        self.inner_optimizer = torch.optim.AdamW(
+        inner_optimizer = NormalizedSGD if options.search_optimizer == "normalized_sgd" else torch.optim.AdamW
+        self.inner_optimizer = inner_optimizer(
             self.lora_params,
             lr=options.search_learning_rate or args.learning_rate,
             betas=(args.adam_beta1, args.adam_beta2),

@@ -111,6 +111,7 @@ def test_unknown_key_is_named_with_a_suggestion():
         {"selection_rule": "best"},
         {"hypergradient": "second_order"},
         {"search_lr_scheduler": "cosine_with_restarts"},
+        {"search_optimizer": "adam"},
         {"search_validation": "test"},
         {"selection_rule": "top_k"},
         {"selection_rule": "top_fraction", "selection_top_fraction": 1.5},

@@ -77,6 +77,8 @@ def test_the_boundary_lies_between_the_kept_and_the_dropped_scores():
     (dict(search_group_sparsity=0.0), "search_group_sparsity"),
     (dict(search_group_sparsity="0.5"), "search_group_sparsity"),
     (dict(search_group_sparsity=0.5, hypergradient="unrolled"), "search_group_sparsity"),
+    (dict(search_optimizer="sgd"), "search_optimizer.*adamw.*normalized_sgd"),
+    (dict(search_optimizer="normalized_sgd", hypergradient="unrolled"), "search_optimizer"),
 ])
 def test_out_of_range_options_name_the_key(options, key):
     with pytest.raises(ValueError, match=key):

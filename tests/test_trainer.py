@@ -312,11 +312,13 @@ def test_same_seed_same_selection(tiny_llama_dir, chat_examples, tmp_path):
     assert runs[0].alpha == runs[1].alpha and runs[0].selected_layers == runs[1].selected_layers
 
 
-@pytest.mark.parametrize("scheduler", ["constant", "linear"])
-def test_the_search_learning_rate_follows_its_schedule(scheduler, tiny_llama_dir, chat_examples, tmp_path):
+@pytest.mark.parametrize("scheduler, optimizer", [("constant", "adamw"), ("linear", "adamw"),
+                                                  ("linear", "normalized_sgd")])
+def test_the_search_learning_rate_follows_its_schedule(scheduler, optimizer, tiny_llama_dir, chat_examples,
+                                                       tmp_path):
     logs = LogCollector()
     trainer = flexora_trainer(tiny_llama_dir, tmp_path, chat_examples, max_steps=1, logging_steps=1,
-                              search_learning_rate=4e-3, search_lr_scheduler=scheduler)
+                              search_learning_rate=4e-3, search_lr_scheduler=scheduler, search_optimizer=optimizer)
     trainer.add_callback(logs)
     trainer.train()
     rates = [entry["flexora/search_learning_rate"] for entry in logs.logs if "flexora/search_learning_rate" in entry]
@@ -326,3 +328,4 @@ def test_the_search_learning_rate_follows_its_schedule(scheduler, tiny_llama_dir
         assert rates == pytest.approx([4e-3] * steps)
     else:  # to zero after the last planned step: the last step takes 1 / steps of the peak
         assert rates == pytest.approx([4e-3 * (steps - i) / steps for i in range(steps)])
+    assert record(tmp_path).options["search_optimizer"] == optimizer
