@@ -232,20 +232,17 @@ class FlexoraArguments:
         _check_positive_float(self, "search_learning_rate", optional=True)
         _check_choice(self, "search_lr_scheduler", SEARCH_LR_SCHEDULERS)
         _check_choice(self, "search_optimizer", SEARCH_OPTIMIZERS)
-        if self.search_optimizer != "adamw" and self.hypergradient != "first_order":
-            raise ValueError("`search_optimizer` other than 'adamw' needs hypergradient='first_order': the unrolled "
-                             "look-ahead differentiates through AdamW's updates.")
+        _check_first_order(self, "`search_optimizer` other than 'adamw'", self.search_optimizer != "adamw",
+                           "the unrolled look-ahead differentiates through AdamW's updates.")
         _check_positive_float(self, "gate_lr")
         _check_choice(self, "gate_optimizer", GATE_OPTIMIZERS)
         _check_positive_float(self, "search_group_sparsity", optional=True)
-        if self.search_group_sparsity is not None and self.hypergradient != "first_order":
-            raise ValueError("`search_group_sparsity` needs hypergradient='first_order': the unrolled look-ahead "
-                             "would differentiate through inner steps without the penalty.")
+        _check_first_order(self, "`search_group_sparsity`", self.search_group_sparsity is not None,
+                           "the unrolled look-ahead would differentiate through inner steps without the penalty.")
         _check_unit_fraction(self, "gate_warmup_fraction")
         _check_unit_fraction(self, "search_block_dropout")
-        if self.search_block_dropout and self.hypergradient != "first_order":
-            raise ValueError("`search_block_dropout` needs hypergradient='first_order': the unrolled look-ahead would "
-                             "differentiate through inner steps taken with every block on.")
+        _check_first_order(self, "`search_block_dropout`", bool(self.search_block_dropout),
+                           "the unrolled look-ahead would differentiate through inner steps taken with every block on.")
         # The strategies' own names are the choices (imported here, not with this module, which stays torch-free).
         from .hypergradient import STRATEGIES
         from .scores import SCORES
@@ -328,6 +325,12 @@ def _check_unit_fraction(args, name):
     value = getattr(args, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
+
+
+def _check_first_order(args, subject, active, reason):
+    """What changes the search's inner steps away from the plain AdamW steps the unrolled look-ahead differentiates."""
+    if active and args.hypergradient != "first_order":
+        raise ValueError(f"{subject} needs hypergradient='first_order': {reason}")
 
 
 def _check_choice(args, name, choices):
