@@ -22,8 +22,6 @@ class NormalizedSGD(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        self.steps = 0
-        self.mean_square = 0.0  # running mean of the squared gradient over every element of every parameter
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -32,11 +30,15 @@ class NormalizedSGD(torch.optim.Optimizer):
             return None
         beta1, beta2 = self.param_groups[0]["betas"]
         squares = float(get_total_norm([p.grad for p in params])) ** 2
-        self.steps += 1
-        self.mean_square = beta2 * self.mean_square + (1 - beta2) * squares / sum(p.numel() for p in params)
-        rms = (self.mean_square / (1 - beta2**self.steps)) ** 0.5
+        # The state all weights share lives in the first weight's state, as torch's LBFGS keeps its own, so that
+        # `state_dict()` saves it. mean_square: the running mean of the squared gradient over every element.
+        shared = self.state[self.param_groups[0]["params"][0]]
+        steps = shared["shared_step"] = shared.get("shared_step", 0) + 1
+        mean_square = beta2 * shared.get("mean_square", 0.0) + (1 - beta2) * squares / sum(p.numel() for p in params)
+        shared["mean_square"] = mean_square
+        rms = (mean_square / (1 - beta2**steps)) ** 0.5
         for group in self.param_groups:
-            scale = group["lr"] / (1 - beta1**self.steps) / (rms + group["eps"])
+            scale = group["lr"] / (1 - beta1**steps) / (rms + group["eps"])
             for p in group["params"]:
                 if p.grad is None:
                     continue

@@ -102,3 +102,19 @@ def test_a_job_that_exits_fails_alone_instead_of_hanging_the_pool(monkeypatch):
     monkeypatch.setattr(run, "Harness", TooFewExamples)
     job, results, error, _ = run.run_job((("long", "flexora"), parse_args(["--profile", "quick"])))
     assert job == ("long", "flexora") and results == {} and "3429 usable examples" in error
+
+
+RECORDS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "planted-balanced-rows"
+
+
+def test_subset_oracle_reads_the_top_k_of_one_planted_job():
+    """The committed planted records of one set give one job and each search's top six; records of two sets are
+    refused before any row is built, naming what differs."""
+    from benchmarks.subset_oracle import read_records
+
+    seeds = [RECORDS / f"ablation_per_token{s}_32_batches_lr2e-4_all_linear_fp32_set13.json" for s in ("", "_seed1")]
+    job, tops = read_records(seeds)
+    assert job["planted_set"] == 13 and job["targets"] == "all_linear" and job["planted_design"] == "balanced_rows"
+    assert job["planted_prompts"] == 1024 and list(tops.values()) == [[8, 20, 21, 22, 23, 24], [4, 6, 7, 8, 14, 24]]
+    with pytest.raises(SystemExit, match=r"differs .* in planted_set \(planted_set=12 against 13\)"):
+        read_records([seeds[0], RECORDS / "ablation_per_token_32_batches_lr2e-4_all_linear_fp32_set12.json"])

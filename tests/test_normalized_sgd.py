@@ -1,6 +1,7 @@
 """`search_optimizer='normalized_sgd'`: steps proportional to the gradient, on a real trainer's search (tiny GPT-2,
 float64)."""
 
+import copy
 import itertools
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from tiny import float64_search
 
+from flexora_trl.normalized_sgd import NormalizedSGD
 from flexora_trl.search_data import search_dataloaders
 
 LEARNING_RATE = 1e-3
@@ -58,3 +60,28 @@ def test_group_sparsity_holds_a_weak_block_at_zero_under_normalized_sgd(tiny_gpt
     normalized = _weak_block_share(tiny_gpt2_dir, chat_examples, tmp_path / "normalized", "normalized_sgd")
     adamw = _weak_block_share(tiny_gpt2_dir, chat_examples, tmp_path / "adamw", "adamw")
     assert 0 < normalized < 0.01 and adamw > 10 * normalized, (normalized, adamw)
+
+
+def test_state_dict_carries_the_shared_second_moment():
+    """A copy loaded from `state_dict()` takes the same next step as the optimizer it was saved from (the shared
+    running mean square and step count included); a fresh optimizer, without them, steps differently."""
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+    gradients = [[torch.randn_like(w) for w in weights] for _ in range(4)]
+
+    def step(optimizer, params, grads):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+
+    saved = NormalizedSGD(weights, lr=LEARNING_RATE)
+    for grads in gradients[:3]:
+        step(saved, weights, grads)
+    copies = [[torch.nn.Parameter(w.detach().clone()) for w in weights] for _ in range(2)]
+    loaded, fresh = NormalizedSGD(copies[0], lr=LEARNING_RATE), NormalizedSGD(copies[1], lr=LEARNING_RATE)
+    loaded.load_state_dict(copy.deepcopy(saved.state_dict()))  # as from a file: no tensor shared with `saved`
+    for optimizer, params in ((saved, weights), (loaded, copies[0]), (fresh, copies[1])):
+        step(optimizer, params, gradients[3])
+    for original, reloaded, other in zip(weights, copies[0], copies[1]):
+        torch.testing.assert_close(reloaded, original, rtol=0, atol=0)
+        assert not torch.allclose(other, original)
