@@ -89,22 +89,32 @@ def repair_reference(model_dir, val, damage):
     return {"damaged_val_loss": damaged, "base_val_loss": held_out_loss(base, val), "exact_repair_drops": exact}
 
 
+def fit_lora(model, lora, blocks, train, steps, lr, seed=0, scheduler="constant"):
+    """A fresh LoRA on `blocks` only (its init drawn from `seed`), trained `steps` AdamW steps over `train` (cycled)
+    at `lr` under transformers' `scheduler`; returns the PEFT model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import get_scheduler
+
+    torch.manual_seed(seed)
+    model = get_peft_model(model, LoraConfig(**lora, layers_to_transform=blocks, layers_pattern="layers"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=0, num_training_steps=steps)
+    model.train()
+    for step in range(steps):
+        model(**train[step % len(train)]).loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    return model
+
+
 def single_block_drops(model_dir, lora, train, val, blocks, steps, lr, student):
     """Held-out loss drop after `steps` AdamW steps of LoRA on each block alone (the same seed for every block)."""
-    from peft import LoraConfig, get_peft_model
-
     base = student(load_base(model_dir))
     start_loss = held_out_loss(base, val)
     drops = {}
     for block in blocks:
-        torch.manual_seed(0)
-        model = get_peft_model(base, LoraConfig(**lora, layers_to_transform=[block], layers_pattern="layers"))
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-        model.train()
-        for step in range(steps):
-            model(**train[step % len(train)]).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        model = fit_lora(base, lora, [block], train, steps, lr)
         drops[block] = start_loss - held_out_loss(model, val)
         base = model.unload()
         print(f"block {block}: held-out loss drop {drops[block]:.4f}", flush=True)

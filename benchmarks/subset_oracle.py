@@ -21,10 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .oracle import OUT, batches, held_out_loss
+from .oracle import OUT, batches, fit_lora, held_out_loss
 from .run import LORA, NUM_BLOCKS, TARGETS, integers, load_base, offline_and_quiet, planted_blocks
-
-SAME_JOB = ("planted_set", "targets", "planted_design", "planted_prompts", "n_test", "max_length")
 
 
 def read_records(paths) -> tuple[dict, dict]:
@@ -34,10 +32,10 @@ def read_records(paths) -> tuple[dict, dict]:
         record = json.loads(Path(path).read_text())
         meta, settings = record["meta"], record["meta"]["settings"]
         for entry in record.get("planted", []):
-            this = {"planted_set": entry["planted_set"], "targets": entry["targets"], "seed": entry["seed"],
+            this = {"planted_set": entry["planted_set"], "targets": entry["targets"],
                     "planted_design": meta["planted_design"], "planted_prompts": settings["planted_prompts"],
                     "n_test": settings["n_test"], "max_length": meta["max_length"]}
-            differs = [key for key in SAME_JOB if job is not None and job[key] != this[key]]
+            differs = [key for key in this if job is not None and job[key] != this[key]]
             if differs:
                 raise SystemExit(f"{path}: its planted job differs from the first record's in {', '.join(differs)} "
                                  f"({', '.join(f'{k}={this[k]!r} against {job[k]!r}' for k in differs)}); give "
@@ -51,20 +49,7 @@ def read_records(paths) -> tuple[dict, dict]:
 
 def subset_loss(model_dir, student, lora, train, val, blocks, seed, lr):
     """Held-out loss after one pass over `train` (AdamW, `lr` decayed linearly to 0) of a fresh LoRA on `blocks`."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import get_scheduler
-
-    torch.manual_seed(seed)
-    model = get_peft_model(student(load_base(model_dir)),
-                           LoraConfig(**lora, layers_to_transform=blocks, layers_pattern="layers"))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    schedule = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=len(train))
-    model.train()
-    for batch in train:
-        model(**batch).loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
+    model = fit_lora(student(load_base(model_dir)), lora, blocks, train, len(train), lr, seed, scheduler="linear")
     return held_out_loss(model, val)
 
 
