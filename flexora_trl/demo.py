@@ -102,7 +102,6 @@ def train(args: argparse.Namespace):
         # A small search budget: a few inner LoRA steps, each followed by one gate step on a held-out batch.
         search_samples=args.search_samples,
         search_holdout_samples=32,
-        search_val_batches=1,
     )
     train_dataset, heldout = load_instructions(args.seed)
     trainer = FlexoraSFTTrainer(
