@@ -259,7 +259,7 @@ def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir,
     trainer = flexora_trainer(
         tiny_llama_dir, tmp_path / score, chat_examples[:48], selection_score=score, gate_warmup_fraction=0.5,
         search_samples=32, search_holdout_samples=16, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-        score_val_batches=2, max_steps=1,
+        search_val_batches=2, score_val_batches=2, max_steps=1,
     )
     trainer.train()
     record = trainer.flexora_record
