@@ -39,7 +39,7 @@ class FlexoraArguments:
         default=0.10,
         metadata={"help": "When `search_samples` is None and `search_steps` unset, the search gets the inner steps "
                   "estimated to cost this fraction of the planned fine-tune (max_steps, or epochs x dataset over the "
-                  "effective batch, world size included), and never fewer than 32; the log and the record give the "
+                  "effective batch, world size included), and never fewer than 8; the log and the record give the "
                   "estimate and the measured share."},
     )
     search_steps: Optional[int] = field(

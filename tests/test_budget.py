@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainingArguments
 
-from flexora_trl.budget import MIN_SEARCH_STEPS, inner_step_cost, plan_search
+from flexora_trl.budget import MIN_SEARCH_STEPS, SEARCH_STEP_OVERHEAD, inner_step_cost, plan_search
 from flexora_trl.options import FlexoraArguments
 from tiny import flexora_trainer
 
@@ -20,13 +20,16 @@ def training_args(tmp_path, **overrides):
 
 
 def test_budget_sizes_the_search_from_max_steps(tmp_path):
-    args = training_args(tmp_path, max_steps=1000)
-    # an outer step = 16 validation samples = 2 inner steps
+    args = training_args(tmp_path, max_steps=2000)
+    # an outer step = 16 validation samples = 2 inner steps' passes; every pass at the measured overhead
     options = FlexoraArguments(search_samples=None, search_val_batches=2)
-    assert inner_step_cost(options, args) == pytest.approx(3.0)
-    plan = plan_search(options, args, planned=1000, available=49_800, candidates=30)
-    assert (plan.inner_steps, plan.samples, plan.sized_by) == (33, 33 * 8, "search_budget")
-    assert plan.estimated_share == pytest.approx(33 * 3 / 1000) and plan.estimated_share <= 0.10
+    cost = 3.0 * SEARCH_STEP_OVERHEAD
+    assert inner_step_cost(options, args) == pytest.approx(cost)
+    plan = plan_search(options, args, planned=2000, available=49_800, candidates=30)
+    steps = int(200 / cost)
+    assert steps > MIN_SEARCH_STEPS
+    assert (plan.inner_steps, plan.samples, plan.sized_by) == (steps, steps * 8, "search_budget")
+    assert plan.estimated_share == pytest.approx(steps * cost / 2000) and plan.estimated_share <= 0.10
 
 
 @pytest.mark.parametrize("score, cost", [("gate", 0.0), ("taylor", 0.0), ("final_taylor", 8 * 1.6),
@@ -37,8 +40,9 @@ def test_a_score_taken_after_the_search_is_paid_from_the_budget(score, cost, tmp
     options = FlexoraArguments(search_val_batches=2, selection_score=score, score_val_batches=8)
     plan = plan_search(options, args, planned=5000, available=49_800, candidates=30)
     assert plan.score_cost == pytest.approx(cost)
-    assert plan.inner_steps == int((500 - cost) / 3.0)
-    assert plan.estimated_share == pytest.approx((plan.inner_steps * 3.0 + cost) / 5000) and plan.estimated_share <= 0.1
+    step = 3.0 * SEARCH_STEP_OVERHEAD
+    assert plan.inner_steps == int((500 - cost) / step)
+    assert plan.estimated_share == pytest.approx((plan.inner_steps * step + cost) / 5000) and plan.estimated_share <= 0.1
 
 
 @pytest.mark.parametrize("rule, rounds", [(dict(selection_rule="top_k", selection_top_k=6), 6),
@@ -72,13 +76,13 @@ def test_budget_uses_the_trainers_own_step_count(tiny_llama_dir, chat_examples, 
                               max_steps=-1, num_train_epochs=3, search_steps=2)
     trainer.train()
     assert trainer.flexora_record.search_plan["finetune_steps"] == trainer.state.max_steps == 6
-    # the budget sizes the search from that count: 20 % of 1,875 planned steps at 2 fine-tune steps an inner step
+    # the budget sizes the search from that count: 20 % of 1,875 planned steps at 2 passes an inner step
     options = FlexoraArguments(search_samples=None, search_val_batches=1, search_budget=0.2)
     args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=2,
                            per_device_eval_batch_size=8)
     plan = plan_search(options, args, planned=1875, available=9_800, candidates=30)
-    assert plan.inner_steps == int(0.2 * 1875 / 2.0) == 187
-    assert plan.samples == 187 * 4 * 2 * 2
+    assert plan.inner_steps == int(0.2 * 1875 / (2.0 * SEARCH_STEP_OVERHEAD))
+    assert plan.samples == plan.inner_steps * 4 * 2 * 2
 
 
 def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, chat_examples):
@@ -92,7 +96,7 @@ def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, c
     record = trainer.flexora_record
     assert record.search_inner_steps == MIN_SEARCH_STEPS and record.search_plan["sized_by"] == "floor"
     assert record.search_samples == 32  # the 48 examples less the 16 held out, cycled
-    assert "fewer than 32 inner steps cannot select" in caplog.text
+    assert f"fewer than {MIN_SEARCH_STEPS} inner steps cannot select" in caplog.text
     assert "estimated" in caplog.text and record.search_share > 0
 
 
