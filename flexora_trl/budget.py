@@ -28,7 +28,7 @@ MIN_SEARCH_STEPS = 8
 # What a search step costs beyond its passes, against the fine-tune it precedes: the gates act in every LoRA module, and
 # Flexora's fine-tune is cheaper per step than the search's all-block LoRA (its backward stops at the lowest kept block,
 # and the other blocks carry no LoRA). Measured with one validation micro-batch (benchmarks/README.md, "The search's
-# floor and its cost model, measured"): 2.06-2.36 of Flexora's own fine-tune steps where the passes say 2, on four
+# floor and its cost model, measured"): 2.04-2.36 of Flexora's own fine-tune steps where the passes say 2, on four
 # tasks at 300 and 1,000 steps. The largest, rounded up, so that the budget is an upper bound on those runs.
 SEARCH_STEP_OVERHEAD = 1.2
 
