@@ -69,7 +69,8 @@ class FlexoraArguments:
         metadata={"help": "Validation micro-batches (of `per_device_eval_batch_size`) whose summed loss drives one "
                   "outer step. The authors: 8 micro-batches of 1 example, as many as an optimizer step's training "
                   "examples, which 1 gives with equal train and eval batch sizes; an inner step with its outer step "
-                  "then costs about 2 fine-tune steps (3 with 2 micro-batches)."},
+                  "then makes the passes of 2 fine-tune steps (3 with 2 micro-batches), which `search_budget` counts "
+                  "at 1.2 times that, measured."},
     )
     search_outer_every: int = field(
         default=1,

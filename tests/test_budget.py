@@ -27,7 +27,7 @@ def test_budget_sizes_the_search_from_max_steps(tmp_path):
     assert inner_step_cost(options, args) == pytest.approx(cost)
     plan = plan_search(options, args, planned=2000, available=49_800, candidates=30)
     steps = int(200 / cost)
-    assert steps > MIN_SEARCH_STEPS
+    assert steps == 55 > MIN_SEARCH_STEPS  # 200 / 3.6
     assert (plan.inner_steps, plan.samples, plan.sized_by) == (steps, steps * 8, "search_budget")
     assert plan.estimated_share == pytest.approx(steps * cost / 2000) and plan.estimated_share <= 0.10
 
@@ -81,8 +81,8 @@ def test_budget_uses_the_trainers_own_step_count(tiny_llama_dir, chat_examples, 
     args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=2,
                            per_device_eval_batch_size=8)
     plan = plan_search(options, args, planned=1875, available=9_800, candidates=30)
-    assert plan.inner_steps == int(0.2 * 1875 / (2.0 * SEARCH_STEP_OVERHEAD))
-    assert plan.samples == plan.inner_steps * 4 * 2 * 2
+    assert plan.inner_steps == int(0.2 * 1875 / (2.0 * SEARCH_STEP_OVERHEAD)) == 156  # 375 / 2.4
+    assert plan.samples == 156 * 4 * 2 * 2
 
 
 def test_short_runs_get_the_floor_and_say_so(tmp_path, caplog, tiny_llama_dir, chat_examples):
