@@ -132,5 +132,6 @@ def announce(plan: SearchPlan, blocks: list[int], budget: float) -> None:
     if plan.sized_by == "floor":
         logger.warning(
             "Flexora: the fine-tune is short: the search (%d inner steps) costs %.0f %% of it, over "
-            "`search_budget`=%.0f %%, but fewer than %d inner steps cannot select. Set `search_steps` to override.",
+            "`search_budget`=%.0f %%: no search shorter than %d inner steps was measured to select as well as longer "
+            "ones. Set `search_steps` to override.",
             plan.inner_steps, 100 * plan.estimated_share, 100 * budget, MIN_SEARCH_STEPS)

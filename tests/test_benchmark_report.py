@@ -82,3 +82,17 @@ def test_a_planted_miss_is_measured_against_the_kth_score_in_standard_errors():
     assert miss["t"] == pytest.approx(2.0)
     record["planted_blocks"] = [1, 0]
     assert misses(record) == []  # both in the top 2
+
+
+def test_lowest_block_figures_in_the_readme_are_the_committed_results():
+    from benchmarks.lowest_block import lowest_blocks, step_ratios
+
+    root = RESULTS.parent
+    ratios, lows = step_ratios(root), lowest_blocks(root)
+    text = " ".join((root.parent / "README.md").read_text().split())
+    assert f"{sum(ratio <= 0.874 for _, ratio in ratios)} of the {len(ratios)} runs" in text
+    assert f"{lows[0] + lows[1]} of the {sum(lows.values())} distinct selections" in text
+    assert f"({sum(n for block, n in lows.items() if block >= 7)} start at block 7 or above)" in text
+    rng = random.Random(0)
+    draws = [min(rng.sample(range(30), 15)) for _ in range(20_000)]
+    assert sum(low <= 1 for low in draws) / len(draws) == pytest.approx(1 - 15 * 14 / (30 * 29), abs=0.01)
