@@ -120,6 +120,9 @@ def parse_args(argv=None):
                                          "multiple-choice BIG-bench task in the local cache with enough examples")
     p.add_argument("--budgets", type=integers,
                    help="comma-separated search sizes of the budget study, in samples (default: the profile's)")
+    p.add_argument("--budget-seed", type=int, default=0,
+                   help="the training seed of the budget study's searches (default 0): another seed's searches on the "
+                        "same data tell the budget's effect on the selection from the seed's")
     p.add_argument("--long-task", help="the task of the long run (default: the profile's); any multiple-choice "
                                        "BIG-bench task in the local cache with enough examples, e.g. one none of the "
                                        "other parts uses")
@@ -207,6 +210,7 @@ def profile_of(args) -> dict:
         profile["budget_task"] = args.budget_task
     if args.budgets:
         profile["budgets"] = args.budgets
+    profile["budget_seed"] = args.budget_seed
     if args.long_task and profile.get("long"):
         profile["long"] = {**profile["long"], "task": args.long_task}
     if args.long_steps and profile.get("long"):
@@ -476,8 +480,10 @@ class Harness:
         holdout = p["regimes"]["learn"]["search"]["search_holdout_samples"]
         pool = self.task(p["budget_task"], max(p["budgets"]) + holdout)
         opts = self.flexora_opts(search_samples=samples, search_holdout_samples=holdout)
-        result = self.train_and_eval(f"budget/{p['budget_task']}/{samples}", pool, 0, "budget", flexora_opts=opts,
-                                     train_rows=to_sft_rows(pool.train), max_steps=1, evaluate=False)
+        seed = p.get("budget_seed", 0)  # seed 0's jobs keep their names of before
+        key = f"budget/{p['budget_task']}/{samples}" + (f"/{seed}" if seed else "")
+        result = self.train_and_eval(key, pool, seed, "budget", flexora_opts=opts, train_rows=to_sft_rows(pool.train),
+                                     max_steps=1, evaluate=False)
         result["search_samples"] = samples
         self.results["budget"].append(result)
 

@@ -83,6 +83,11 @@ def test_long_seeds_add_pairs_and_keep_seed_zeros_job_names():
     assert seeds == [("long", "flexora"), ("long", "lora_all"), ("long", "flexora", 2), ("long", "lora_all", 2)]
 
 
+def test_the_budget_study_runs_on_seed_zero_unless_told():
+    assert profile_of(parse_args(["--profile", "full"]))["budget_seed"] == 0
+    assert profile_of(parse_args(["--profile", "full", "--budget-seed", "1"]))["budget_seed"] == 1
+
+
 def test_planted_prompts_size_the_search_and_its_hold_out():
     profile = profile_of(parse_args(["--profile", "dev", "--planted-prompts", "1024"]))
     assert (profile["planted_prompts"], profile["planted_samples"]) == (1024, 768)
