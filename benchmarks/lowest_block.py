@@ -19,10 +19,11 @@ GROUPS = ((0, 1), (2, 6), (7, 29))
 
 
 def records(root: Path):
+    """Every benchmark record under `root` (the JSON objects; a file holding a list is not one)."""
     for path in sorted(root.rglob("*.json")):
         data = json.loads(path.read_text())
         if isinstance(data, dict):
-            yield path.relative_to(root), data
+            yield data
 
 
 def seconds_per_step(run: dict) -> float:
@@ -32,7 +33,7 @@ def seconds_per_step(run: dict) -> float:
 def step_ratios(root: Path) -> list[tuple[int, float]]:
     """(lowest kept block, Flexora's fine-tune step / all-block LoRA's) for each long run with both arms."""
     ratios = []
-    for _, data in records(root):
+    for data in records(root):
         runs = data.get("long") or []
         lora = {run["seed"]: run for run in runs if run["arm"] == "lora_all"}
         for run in runs:
@@ -45,7 +46,7 @@ def step_ratios(root: Path) -> list[tuple[int, float]]:
 def lowest_blocks(root: Path) -> Counter:
     """The lowest kept block of each distinct q,v selection (main and long parts; a rerun counted once)."""
     seen = {}
-    for _, data in records(root):
+    for data in records(root):
         for run in (data.get("runs") or []) + (data.get("long") or []):
             if run.get("arm") == "flexora" and run.get("selected_layers") and run.get("targets", "qv") == "qv":
                 key = (run.get("task"), run.get("regime"), run.get("seed"), tuple(run["selected_layers"]))
