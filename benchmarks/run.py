@@ -68,17 +68,19 @@ PROFILES = {
                            "overfit": dict(n_train=16, epochs=3, search=dict(search_holdout_samples=8,
                                                                             search_steps=2))},
                   linear=[("hyperbaton", "overfit", 0)], planted=[(1, "qv"), (2, "all_linear")], planted_samples=32,
-                  planted_prompts=64, budgets=[32, 64], budget_task="hyperbaton",
+                  planted_task="hyperbaton", planted_prompts=64, budgets=[32, 64], budget_task="hyperbaton",
                   long=dict(task="hyperbaton", steps=6, search=dict(search_samples=16, search_holdout_samples=16)),
                   speed_steps=2),
     "dev": dict(main=[("intent_recognition", "learn"), ("hyperbaton", "overfit")], seeds=[0, 1], random_draws=2,
                 n_test=200, linear=[], planted=[(1, "qv"), (2, "all_linear")], planted_samples=192,
-                planted_prompts=256, budgets=[], budget_task="hyperbaton", long=None, speed_steps=0),
+                planted_task="hyperbaton", planted_prompts=256, budgets=[], budget_task="hyperbaton", long=None,
+                speed_steps=0),
     # Two seeds: three would take the full profile over 150 min on 2 cores (bf16, ~180 min estimated).
     "full": dict(main=[(t, r) for t in TASKS for r in REGIMES], seeds=[0, 1], random_draws=2, n_test=200,
                  linear=[(t, "overfit", 0) for t in TASKS], planted=[(1, "qv"), (2, "qv"), (1, "all_linear"),
                                                                       (2, "all_linear")],
-                 planted_samples=192, planted_prompts=256, budgets=[500, 2000], budget_task="hyperbaton",
+                 planted_samples=192, planted_task="hyperbaton", planted_prompts=256, budgets=[500, 2000],
+                 budget_task="hyperbaton",
                  long=dict(task="hyperbaton", steps=300), speed_steps=12),
 }
 BATCH = 8
@@ -115,17 +117,22 @@ def parse_args(argv=None):
                                      "from their number, so new numbers are new sets")
     p.add_argument("--main", help="comma-separated task:regime pairs of the main part, e.g. winowhy:learn (default: "
                                   "the profile's); any multiple-choice BIG-bench task in the local cache with enough "
-                                  "examples; an overfit pair on a task without a calibrated rate needs --learning-rate")
+                                  "examples, or a generated one (benchmarks/generated.py, e.g. addition); an overfit "
+                                  "pair on a task without a calibrated rate needs --learning-rate")
     p.add_argument("--budget-task", help="the task of the search-budget study (default: the profile's); any "
-                                         "multiple-choice BIG-bench task in the local cache with enough examples")
+                                         "multiple-choice BIG-bench task in the local cache with enough examples, "
+                                         "or a generated one (benchmarks/generated.py)")
+    p.add_argument("--planted-task", help="the task whose prompts the planted teacher answers (default: the profile's, "
+                                          "hyperbaton); any multiple-choice task of the benchmark, e.g. a generated "
+                                          "one (benchmarks/generated.py) where BIG-bench is not in the cache")
     p.add_argument("--budgets", type=integers,
                    help="comma-separated search sizes of the budget study, in samples (default: the profile's)")
     p.add_argument("--budget-seed", type=int, default=0,
                    help="the training seed of the budget study's searches (default 0): another seed's searches on the "
                         "same data tell the budget's effect on the selection from the seed's")
     p.add_argument("--long-task", help="the task of the long run (default: the profile's); any multiple-choice "
-                                       "BIG-bench task in the local cache with enough examples, e.g. one none of the "
-                                       "other parts uses")
+                                       "BIG-bench task in the local cache with enough examples, or a generated one "
+                                       "(benchmarks/generated.py), e.g. one none of the other parts uses")
     p.add_argument("--long-steps", type=int, help="fine-tune steps of the long run (default: the profile's); the "
                                                   "training set grows with them (steps x batch examples)")
     p.add_argument("--long-seeds", type=integers, default=[0],
@@ -208,6 +215,8 @@ def profile_of(args) -> dict:
         profile["regimes"]["learn"] = {**profile["regimes"]["learn"], "max_steps": args.learn_steps}
     if args.budget_task:
         profile["budget_task"] = args.budget_task
+    if args.planted_task:
+        profile["planted_task"] = args.planted_task
     if args.budgets:
         profile["budgets"] = args.budgets
     profile["budget_seed"] = args.budget_seed
@@ -447,8 +456,8 @@ class Harness:
 
         p = self.profile
         blocks = planted_blocks(set_seed)
-        # hyperbaton's training split: its first examples do not depend on its size, so more prompts keep the first
-        prompts = [e.prompt for e in self.task("hyperbaton", p["planted_prompts"]).train]
+        # the task's training split: its first examples do not depend on its size, so more prompts keep the first
+        prompts = [e.prompt for e in self.task(p["planted_task"], p["planted_prompts"]).train]
         start = time.perf_counter()
         lora = dict(LORA, target_modules=TARGETS[targets])
         rows, teacher, max_length, student = planted_rows(self.args.planted_design, load_base(self.model_dir),
@@ -462,7 +471,7 @@ class Harness:
         selected, planted = set(result["selected_layers"]), set(blocks)
         by_score = set(highest(result["scores"] or result["alpha"], len(planted)))  # by `selection_score`
         by_alpha = set(highest(result["alpha"], len(planted)))  # the gate's ranking in the same search, to compare
-        result.update(planted_blocks=blocks, planted_set=set_seed, teacher=teacher,
+        result.update(planted_blocks=blocks, planted_set=set_seed, planted_task=p["planted_task"], teacher=teacher,
                       teacher_gen_seconds=round(gen_seconds, 1),
                       precision=len(selected & planted) / max(1, len(selected)),
                       recall=len(selected & planted) / len(planted), topk_selected=sorted(by_score),

@@ -1,5 +1,6 @@
-"""The benchmark's tasks: multiple-choice tasks from the `bigbench==1.0.0` sdist on PyPI, read from a local cache
-(never committed), and one generative chat task built from the project's own instruction data.
+"""The benchmark's tasks: multiple-choice tasks from the `bigbench==1.0.0` sdist, read from a local cache (never
+committed), multiple-choice tasks the benchmark generates (`generated.py`), and one generative chat task built from the
+project's own instruction data.
 
 Only the chosen `task.json` files are extracted, into `~/.cache/flexora/bigbench/<task>/task.json`
 (`$FLEXORA_CACHE/bigbench` if set). The loader never downloads anything; when a file is missing it prints the commands.
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .generated import GENERATORS, generated_examples
 
 SDIST = "bigbench==1.0.0"
 SDIST_URL_HINT = "https://pypi.org/simple/bigbench/"
@@ -54,7 +57,9 @@ def missing_message(task: str) -> str:
         f"    tar xzf ~/.cache/flexora/bigbench-sdist/bigbench-1.0.0.tar.gz -C {cache} --strip-components=3 \\\n"
         f"        bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json\n\n"
         "(sha256 of the sdist: 1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2). "
-        "Never commit the data."
+        "On 2026-12-06 PyPI listed only bigbench 0.0.1: the 1.0.0 sdist is gone from it, so use a copy kept from "
+        "before, or the same file in BIG-bench's GitHub repository (bigbench/benchmark_tasks/<task>/task.json), "
+        f"or a task the benchmark generates itself ({', '.join(sorted(GENERATORS))}). Never commit the data."
     )
 
 
@@ -91,6 +96,9 @@ def load_task(name: str, n_train: int, n_test: int, split_seed: int = 1234, toke
     """
     if name in GENERATIVE:
         examples = _chat_examples(GENERATIVE[name], tokenizer)
+    elif name in GENERATORS:
+        examples = [Example(prompt, [f" {c}" for c in choices], answer)
+                    for prompt, choices, answer in generated_examples(name)]
     else:
         examples = _bigbench_examples(name)
     if tokenizer is not None and max_length is not None:

@@ -95,6 +95,11 @@ def test_planted_prompts_size_the_search_and_its_hold_out():
     assert (default["planted_prompts"], default["planted_samples"]) == (256, 192)
 
 
+def test_the_planted_teacher_answers_hyperbaton_unless_another_task_is_named():
+    assert profile_of(parse_args(["--profile", "dev"]))["planted_task"] == "hyperbaton"
+    assert profile_of(parse_args(["--profile", "full", "--planted-task", "addition"]))["planted_task"] == "addition"
+
+
 def test_a_job_that_exits_fails_alone_instead_of_hanging_the_pool(monkeypatch):
     """A SystemExit inside a worker (a task with fewer usable examples than the run needs) used to end the worker
     process: `Pool.imap_unordered` then waited forever for its result. `run_job` returns it as the job's error."""

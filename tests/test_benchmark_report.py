@@ -96,3 +96,50 @@ def test_lowest_block_figures_in_the_readme_are_the_committed_results():
     rng = random.Random(0)
     draws = [min(rng.sample(range(30), 15)) for _ in range(20_000)]
     assert sum(low <= 1 for low in draws) / len(draws) == pytest.approx(1 - 15 * 14 / (30 * 29), abs=0.01)
+
+
+def test_seed_agreement_tells_the_order_from_the_cut(tmp_path):
+    """Seeds that keep different blocks but rank them alike agree in order (Spearman) and not at the cut (Jaccard)."""
+    from benchmarks.seed_agreement import agreement, table
+
+    order = list(range(30))
+
+    def run(seed, scores, kept):
+        return dict(task="t", search_samples=500, learning_rate=3e-4, seed=seed, selection_score="ablation",
+                    alpha={str(b): scores[b] for b in order}, scores={str(b): scores[b] for b in order},
+                    score_stderr={str(b): 0.1 for b in order}, selected_layers=kept)
+    depth = [b / 10 for b in order]  # ascending with depth; the cut at 0.5, 1.5 or 2.5 keeps 25, 15 or 5 blocks
+    runs = [run(0, depth, order[5:]), run(1, depth, order[15:]), run(2, depth, order[25:])]
+    row = agreement(runs, "ablation")
+    assert row["spearman"] == pytest.approx(1.0) and row["depth"] == pytest.approx(1.0)
+    assert row["top_third"] == 1.0 and row["jaccard"] < 0.5
+    assert row["near_cut"] == [2, 2, 2]  # blocks 0 and 1: |score| < 0.2
+    gate = agreement(runs, "gate")  # alpha > 0: blocks 1-29 on every seed
+    assert gate["kept"] == [29, 29, 29] and gate["jaccard"] == 1.0
+    shuffled = random.Random(0).sample(depth, 30)
+    assert abs(agreement([runs[0], run(1, shuffled, order[15:])], "ablation")["spearman"]) < 0.5
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps({"budget": runs}))
+    assert table([path])[2].startswith("| t | 500 | 0.0003 | 3 | gate | 29, 29, 29 | 1.00 (")
+
+
+def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
+    from benchmarks.seed_agreement import agreement, main_part_table, searches
+
+    root = RESULTS.parent
+    text = (root.parent / "README.md").read_text()
+    files = sorted((root / "budget-seeds").glob("*.json"))
+    for (task, samples, rate), runs in searches(files).items():
+        if samples != 500 or len(runs) < 3:
+            continue
+        for score in ("gate", "ablation"):
+            r = agreement(runs, score)
+            label = "gate" if score == "gate" else "`ablation`"
+            near = ", ".join(map(str, r.get("near_cut", []))) or "-"
+            assert (f"| {task} | {rate:.0e}".replace("e-0", "e-") + f" | {label} | {r['jaccard']:.2f} "
+                    f"({r['random']:.2f}) | {r['spearman']:.2f} | {r['depth']:.2f} | {near} |") in text
+    for line in main_part_table(RESULTS)[2:]:
+        assert line in text
+    unseen = main_part_table(root / "unseen" / "gate.json")
+    assert [line.split(" | ")[3] for line in unseen[2:]] == ["0.75 (0.31)", "0.75 (0.31)"]
+    assert "0.75 across seeds, 0.75 across tasks (random 0.31)" in " ".join(text.split())

@@ -1,0 +1,46 @@
+"""The benchmark's generated tasks: the same examples on every machine, each gold choice right and unique, and the
+split disjoint, with no third-party file read."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.generated import GENERATORS, generated_examples
+from benchmarks.tasks import load_task
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_a_generated_task_is_the_same_every_time_with_distinct_prompts(name):
+    examples = generated_examples(name)
+    assert examples == generated_examples(name)
+    assert len({prompt for prompt, _, _ in examples}) == len(examples) > 8000  # enough for 1,000-step long runs
+    golds, choices = [answer for _, _, answer in examples], len(examples[0][1])
+    assert all(golds.count(i) > len(golds) / (choices + 1) for i in range(choices))  # its place carries no signal
+
+
+def test_the_gold_sum_is_the_sum_and_no_other_choice_is():
+    for prompt, choices, answer in generated_examples("addition"):
+        a, b = (int(v) for v in prompt.removeprefix("What is ").split("?")[0].split(" + "))
+        assert [int(c) == a + b for c in choices] == [i == answer for i in range(4)]
+
+
+def test_the_gold_word_comes_first_and_alone():
+    for prompt, choices, answer in generated_examples("alphabetical_first"):
+        assert all(word in prompt for word in choices)
+        assert sorted(choices)[0] == choices[answer] < sorted(choices)[1][:1]
+
+
+def test_the_gold_number_is_the_middle_one():
+    for _, choices, answer in generated_examples("middle_number"):
+        numbers = [int(c) for c in choices]
+        assert sorted(numbers)[1] == numbers[answer] and len(set(numbers)) == 3
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_the_split_of_a_generated_task_is_disjoint_and_scored_as_a_choice(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("FLEXORA_CACHE", str(tmp_path))  # an empty cache: nothing but the generator to read
+    task = load_task(name, n_train=2000, n_test=200)
+    assert len(task.train) == 2000 and len(task.test) == 200
+    assert not {e.prompt for e in task.train} & {e.prompt for e in task.test}
+    assert task.chance == pytest.approx(1 / len(task.test[0].choices))
+    assert all(c.startswith(" ") for e in task.test for c in e.choices)
