@@ -124,7 +124,7 @@ def test_seed_agreement_tells_the_order_from_the_cut(tmp_path):
 
 
 def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
-    from benchmarks.seed_agreement import agreement, main_part_table, searches
+    from benchmarks.seed_agreement import agreement, across_tasks, main_part_table, searches
 
     root = RESULTS.parent
     text = (root.parent / "README.md").read_text()
@@ -140,6 +140,12 @@ def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
                     f"({r['random']:.2f}) | {r['spearman']:.2f} | {r['depth']:.2f} | {near} |") in text
     for line in main_part_table(RESULTS)[2:]:
         assert line in text
+    lower_rate = [runs for (_, samples, rate), runs in searches(files).items() if (samples, rate) == (500, 3e-4)]
+    gate, ablation = across_tasks(lower_rate, "gate"), across_tasks(lower_rate, "ablation")
+    assert (f"runs on different tasks at {gate['jaccard']:.2f} (random {gate['random']:.2f}; Spearman "
+            f"{gate['spearman']:.2f})") in " ".join(text.split())
+    assert (f"at 0.63 and {ablation['jaccard']:.2f} (random 0.46, {ablation['random']:.2f}; Spearman 0.40 and "
+            f"{ablation['spearman']:.2f})") in " ".join(text.split())
     unseen = main_part_table(root / "unseen" / "gate.json")
     assert [line.split(" | ")[3] for line in unseen[2:]] == ["0.75 (0.31)", "0.75 (0.31)"]
     assert "0.75 across seeds, 0.75 across tasks (random 0.31)" in " ".join(text.split())
