@@ -2,8 +2,8 @@
 
 BIG-bench's sdist left PyPI (on 2026-12-06 its simple index and JSON API list only `bigbench` 0.0.1, a 358 kB
 placeholder), so a fresh machine may have no BIG-bench task at all. These tasks are drawn from a fixed seed and the
-word lists below: the same examples on every machine, a few thousand distinct prompts each, and a skill that a few
-hundred LoRA steps move on a small model (arithmetic, the alphabet) rather than knowledge it either has or not.
+word list below: the same examples on every machine, 9,000 to 12,000 distinct prompts each, and a skill that LoRA can
+move on a small model (arithmetic, comparing numbers, the alphabet) rather than knowledge it either has or not.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _middle_number(rng) -> tuple[str, list[str], int]:
 # name: (generator, its stream of the fixed seed); a new task takes a new stream, so the others' examples stay.
 GENERATORS = {"addition": (_addition, 0), "alphabetical_first": (_alphabetical_first, 1),
               "middle_number": (_middle_number, 2)}
-SIZE = 12000  # draws per task; repeated prompts are dropped, so a task has a few fewer examples
+SIZE = 12000  # draws per task; repeated prompts are dropped (addition keeps 8,979)
 
 
 def generated_examples(name: str) -> list[tuple[str, list[str], int]]:

@@ -89,7 +89,8 @@ def across_tasks(groups: list[list[dict]], score: str) -> dict:
 def table(paths) -> list[str]:
     lines = ["| task | samples | lr | seeds | score | blocks kept | Jaccard (random) | Spearman across seeds | "
              "Spearman with depth | top third: Jaccard (random) | blocks within 2 s.e. of the cut |", "|---" * 11 + "|"]
-    for (task, samples, rate), runs in searches(paths).items():
+    found = searches(paths)
+    for (task, samples, rate), runs in found.items():
         for score in ("gate", runs[0]["selection_score"]):
             r = agreement(runs, score)
             lines.append(f"| {task} | {samples} | {rate:g} | {len(runs)} | {score} | "
@@ -98,7 +99,7 @@ def table(paths) -> list[str]:
                          f"{r['top_third']:.2f} ({r['top_third_random']:.2f}) | "
                          f"{', '.join(map(str, r.get('near_cut', []))) or '-'} |")
     by_setting = defaultdict(list)
-    for (task, samples, rate), runs in searches(paths).items():
+    for (task, samples, rate), runs in found.items():
         by_setting[samples, rate].append(runs)
     for (samples, rate), groups in by_setting.items():
         scores = dict.fromkeys(["gate", *(runs[0]["selection_score"] for runs in groups)])
