@@ -23,14 +23,12 @@ monkey morning needle number nature napkin orange ocean office onion pencil pepp
 queen quiet rabbit river rocket ribbon silver summer spider saddle table ticket tiger tunnel umbrella uncle unit
 upper valley velvet village violin window winter wagon wizard yellow yogurt yesterday youth
 """.split()
+BY_INITIAL = {initial: [word for word in WORDS if word[0] == initial] for initial in sorted({w[0] for w in WORDS})}
 
 
 def _alphabetical_first(rng) -> tuple[str, list[str], int]:
-    by_initial: dict[str, list[str]] = {}
-    for word in WORDS:
-        by_initial.setdefault(word[0], []).append(word)
-    initials = rng.choice(sorted(by_initial), size=4, replace=False)
-    words = [str(rng.choice(by_initial[i])) for i in initials]
+    initials = rng.choice(list(BY_INITIAL), size=4, replace=False)
+    words = [str(rng.choice(BY_INITIAL[i])) for i in initials]
     prompt = "Which word comes first in alphabetical order: " + ", ".join(words) + "?\nAnswer:"
     return prompt, words, int(np.argmin([w[0] for w in words]))
 

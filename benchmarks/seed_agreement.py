@@ -28,9 +28,8 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
+from .run import NUM_BLOCKS, highest
 from .stats import expected_jaccard, expected_pairwise_jaccard, jaccard, mean_pairwise_jaccard
-
-NUM_BLOCKS = 30
 
 
 def searches(paths) -> dict:
@@ -45,10 +44,6 @@ def searches(paths) -> dict:
 
 def by_block(scores: dict) -> list[float]:
     return [scores[str(block)] for block in range(NUM_BLOCKS)]
-
-
-def top(values: list[float], k: int) -> set[int]:
-    return set(sorted(range(len(values)), key=lambda block: -values[block])[:k])
 
 
 def ranked(run: dict, score: str) -> tuple[list[float], set[int]]:
@@ -68,7 +63,7 @@ def agreement(runs: list[dict], score: str) -> dict:
     row = dict(score=score, kept=sizes, jaccard=mean_pairwise_jaccard(kept),
                random=expected_pairwise_jaccard(sizes, NUM_BLOCKS), spearman=rho,
                depth=statistics.fmean(spearmanr(v, range(NUM_BLOCKS)).statistic for v in values),
-               top_third=mean_pairwise_jaccard([top(v, third) for v in values]),
+               top_third=mean_pairwise_jaccard([highest(dict(enumerate(v)), third) for v in values]),
                top_third_random=expected_pairwise_jaccard([third] * len(values), NUM_BLOCKS))
     if score != "gate":
         row["near_cut"] = [sum(abs(run["scores"][b]) < 2 * run["score_stderr"][b] for b in run["scores"])

@@ -129,8 +129,8 @@ def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
 
     root = RESULTS.parent
     text = (root.parent / "README.md").read_text()
-    files = sorted((root / "budget-seeds").glob("*.json"))
-    for (task, samples, rate), runs in searches(files).items():
+    found = searches(sorted((root / "budget-seeds").glob("*.json")))
+    for (task, samples, rate), runs in found.items():
         if samples != 500 or len(runs) < 3:
             continue
         for score in ("gate", "ablation"):
@@ -141,7 +141,7 @@ def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
                     f"({r['random']:.2f}) | {r['spearman']:.2f} | {r['depth']:.2f} | {near} |") in text
     for line in main_part_table(RESULTS)[2:]:
         assert line in text
-    lower_rate = [runs for (_, samples, rate), runs in searches(files).items() if (samples, rate) == (500, 3e-4)]
+    lower_rate = [runs for (_, samples, rate), runs in found.items() if (samples, rate) == (500, 3e-4)]
     flat = " ".join(text.split())
     for score in ("gate", "ablation"):
         rows = [agreement(runs, score) for runs in lower_rate]
@@ -157,4 +157,4 @@ def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
     assert len(lower_rate) == 4
     unseen = main_part_table(root / "unseen" / "gate.json")
     assert [line.split(" | ")[3] for line in unseen[2:]] == ["0.75 (0.31)", "0.75 (0.31)"]
-    assert "0.75 across seeds, 0.75 across tasks (random 0.31)" in " ".join(text.split())
+    assert "0.75 across seeds, 0.75 across tasks (random 0.31)" in flat
