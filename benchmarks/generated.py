@@ -3,7 +3,8 @@
 BIG-bench's sdist left PyPI (on 2026-12-06 its simple index and JSON API list only `bigbench` 0.0.1, a 358 kB
 placeholder), so a fresh machine may have no BIG-bench task at all. These tasks are drawn from a fixed seed and the
 word list below: the same examples on every machine, 9,000 to 12,000 distinct prompts each, and a skill that LoRA can
-move on a small model (arithmetic, comparing numbers, the alphabet) rather than knowledge it either has or not.
+move on a small model (arithmetic, comparing numbers, parity, the alphabet) rather than knowledge it either has or
+not.
 """
 
 from __future__ import annotations
@@ -49,9 +50,17 @@ def _middle_number(rng) -> tuple[str, list[str], int]:
             [str(n) for n in numbers], int(np.argsort(numbers)[1]))
 
 
+def _odd_number(rng) -> tuple[str, list[str], int]:
+    evens = [int(v) for v in rng.choice(np.arange(10, 1000, 2), size=3, replace=False)]
+    choices = [int(rng.choice(np.arange(11, 1000, 2)))] + evens
+    order = rng.permutation(4)
+    return (f"Which of these numbers is odd: {', '.join(str(choices[i]) for i in order)}?\nAnswer:",
+            [str(choices[i]) for i in order], int(np.argmin(order)))
+
+
 # name: (generator, its stream of the fixed seed); a new task takes a new stream, so the others' examples stay.
 GENERATORS = {"addition": (_addition, 0), "alphabetical_first": (_alphabetical_first, 1),
-              "middle_number": (_middle_number, 2)}
+              "middle_number": (_middle_number, 2), "odd_number": (_odd_number, 3)}
 SIZE = 12000  # draws per task; repeated prompts are dropped (addition keeps 8,979)
 
 

@@ -7,7 +7,8 @@
 
 For every task, regime and seed, with the same data, data order, steps and LoRA settings: LoRA on all blocks (TRL
 SFTTrainer), Flexora (FlexoraSFTTrainer), LoRA on random blocks of the count Flexora kept (several draws), LoRA on the
-blocks the data-free Spectrum signal-to-noise ranking picks (same count), and the zero-shot base model. Around them:
+blocks the data-free Spectrum signal-to-noise ranking picks (same count), LoRA on the lowest blocks (same count: the
+depth the gate leans to), and the zero-shot base model. Around them:
 an all-linear-modules pair per task, planted-block recovery on the real model, a search-budget study, a long run that
 measures the search's share at length, and the fine-tune speed of a high selection. The work is split into jobs run by
 `--workers` processes (one torch thread each, a fresh process per job); results are written after every job, so an
@@ -417,7 +418,8 @@ class Harness:
                                          "chance": task.chance, **scores})
 
     def main(self, task_name, regime, seed):
-        """All-block LoRA, Flexora, random blocks (several draws) and Spectrum blocks of Flexora's count."""
+        """All-block LoRA, Flexora, and of Flexora's count: random blocks (several draws), Spectrum's blocks and the
+        lowest blocks (the plain depth rule: the gate leans to the lower blocks, so does it beat that rule?)."""
         from .spectrum import spectrum_blocks
 
         runs = self.results["runs"]
@@ -437,6 +439,8 @@ class Harness:
         seconds = time.perf_counter() - start
         runs.append(self.regime_run(f"{base}/spectrum/{seed}", task_name, regime, seed, "spectrum", layers=blocks,
                                     selector_seconds=round(seconds, 2)))
+        runs.append(self.regime_run(f"{base}/lowest/{seed}", task_name, regime, seed, "lowest",
+                                    layers=list(range(count))))
 
     def linear(self, task_name, regime, seed):
         """The same pair with LoRA on every linear module of the blocks."""

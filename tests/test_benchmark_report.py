@@ -158,3 +158,60 @@ def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
     unseen = main_part_table(root / "unseen" / "gate.json")
     assert [line.split(" | ")[3] for line in unseen[2:]] == ["0.75 (0.31)", "0.75 (0.31)"]
     assert "0.75 across seeds, 0.75 across tasks (random 0.31)" in flat
+
+
+def test_the_lowest_blocks_are_a_peer_paired_by_seed():
+    def run(arm, seed, accuracy, layers=None):
+        return {"key": f"t/learn/{arm}/{seed}", "task": "t", "regime": "learn", "arm": arm, "seed": seed,
+                "accuracy": accuracy, "answer_loss": 1 - accuracy, "selected_layers": layers, "trainable_params": 1}
+
+    runs = [run("flexora", 0, 0.60, [0, 2, 5]), run("lowest", 0, 0.50, [0, 1, 2]),
+            run("flexora", 1, 0.70, [1, 2, 9]), run("lowest", 1, 0.74, [0, 1, 2])]
+    results = {"meta": {"settings": {"main": [["t", "learn"]]}, "num_blocks": 30}, "runs": runs}
+    row = next(line for line in report.paired_table(results) if line.startswith("| t | learn | lowest blocks |"))
+    assert "| 2 | +3.0 |" in row  # (0.60 - 0.50 + 0.70 - 0.74) / 2 = +0.03
+    assert any("LoRA, lowest blocks (same count)" in line for line in report.main_table(results))
+
+
+def test_depth_effect_separates_a_selections_depth_from_its_choice():
+    from benchmarks.depth_effect import fit
+
+    rng = random.Random(0)
+
+    def run(arm, blocks, seed, bonus=0.0):  # half a point per block lower, plus what the arm adds beyond its depth
+        accuracy = 0.6 - 0.005 * statistics.fmean(blocks) + bonus + rng.gauss(0, 0.002)
+        return {"arm": arm, "selected_layers": blocks, "accuracy": accuracy, "seed": seed}
+
+    cells = []
+    for seed in range(6):
+        draws = [sorted(rng.sample(range(30), 12)) for _ in range(3)]
+        cells.append([run("random", b, seed) for b in draws] + [run("lowest", list(range(12)), seed),
+                                                                 run("flexora", sorted(rng.sample(range(20), 12)),
+                                                                     seed, bonus=0.03)])
+    fitted = fit(cells)
+    assert fitted["runs"] == 30 and "spectrum" not in fitted
+    assert fitted["depth"][0] == pytest.approx(-0.5, abs=0.1)
+    assert fitted["flexora"][0] == pytest.approx(3.0, abs=0.5)  # the bonus, not the depth: 3 points
+    assert fitted["lowest"][0] == pytest.approx(0.0, abs=0.5)  # all depth
+
+
+def test_depth_effect_table_in_the_benchmark_readme_is_the_committed_run():
+    from benchmarks.depth_effect import table
+
+    text = (RESULTS.parent.parent / "README.md").read_text()
+    assert "\n".join(table(json.loads(RESULTS.read_text()))) in text
+
+
+def test_results_on_other_seeds_are_read_as_one_run():
+    def part(seed, zero_shot_accuracy=0.3):
+        runs = [{"key": "t/learn/zero_shot", "task": "t", "regime": "learn", "arm": "zero_shot", "seed": None,
+                 "accuracy": zero_shot_accuracy},
+                {"key": f"t/learn/flexora/{seed}", "task": "t", "regime": "learn", "arm": "flexora", "seed": seed,
+                 "accuracy": 0.5}]
+        return {"meta": {"settings": {"main": [["t", "learn"]], "seeds": [seed]}}, "runs": runs}
+
+    one = report.combined([part(0), part(1)])
+    assert one["meta"]["settings"]["seeds"] == [0, 1]
+    assert sorted(r["key"] for r in one["runs"]) == ["t/learn/flexora/0", "t/learn/flexora/1", "t/learn/zero_shot"]
+    with pytest.raises(ValueError, match="t/learn/zero_shot"):
+        report.combined([part(0), part(1, zero_shot_accuracy=0.4)])

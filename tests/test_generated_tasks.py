@@ -36,6 +36,12 @@ def test_the_gold_number_is_the_middle_one():
         assert sorted(numbers)[1] == numbers[answer] and len(set(numbers)) == 3
 
 
+def test_the_gold_number_is_the_one_odd_one():
+    for prompt, choices, answer in generated_examples("odd_number"):
+        assert [int(c) % 2 for c in choices] == [i == answer for i in range(4)] and len(set(choices)) == 4
+        assert ", ".join(choices) in prompt
+
+
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_the_split_of_a_generated_task_is_disjoint_and_scored_as_a_choice(name, monkeypatch, tmp_path):
     monkeypatch.setenv("FLEXORA_CACHE", str(tmp_path))  # an empty cache: nothing but the generator to read
