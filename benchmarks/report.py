@@ -456,7 +456,8 @@ def combined(parts: list[dict]) -> dict:
                 raise ValueError(f"{run['key']} is in two of the results with different accuracies: not one run")
     first = parts[0]["meta"]
     seeds = sorted({seed for part in parts for seed in part["meta"]["settings"]["seeds"]})
-    return {**parts[0], "runs": list(runs.values()), "meta": {**first, "settings": {**first["settings"], "seeds": seeds}}}
+    meta = {**first, "settings": {**first["settings"], "seeds": seeds}}
+    return {**parts[0], "runs": list(runs.values()), "meta": meta}
 
 
 def main(argv=None):

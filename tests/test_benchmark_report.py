@@ -15,6 +15,7 @@ from benchmarks.stats import (expected_jaccard, expected_pairwise_jaccard, heldo
                               sign_test)
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "results.json"
+README = RESULTS.parent.parent.parent / "README.md"
 
 
 @pytest.mark.parametrize("sizes", [(6, 6), (12, 15), (3, 20), (30, 30)])
@@ -195,11 +196,26 @@ def test_depth_effect_separates_a_selections_depth_from_its_choice():
     assert fitted["lowest"][0] == pytest.approx(0.0, abs=0.5)  # all depth
 
 
+def _overlap_with_the_lowest_blocks(runs) -> str:
+    """The gate's mean Jaccard with the lowest blocks of its count, and random sets' of the same sizes."""
+    selections = [r["selected_layers"] for r in runs if r["arm"] == "flexora"]
+    return (f"Jaccard {statistics.fmean(jaccard(s, range(len(s))) for s in selections):.2f}",
+            f"{statistics.fmean(expected_jaccard(len(s), len(s), 30) for s in selections):.2f}")
+
+
 def test_depth_effect_table_in_the_benchmark_readme_is_the_committed_run():
     from benchmarks.depth_effect import table
 
+    results = json.loads(RESULTS.read_text())
     text = (RESULTS.parent.parent / "README.md").read_text()
-    assert "\n".join(table(json.loads(RESULTS.read_text()))) in text
+    assert "\n".join(table(results)) in text
+    (learn, learn_random), (overfit, overfit_random) = (
+        _overlap_with_the_lowest_blocks([r for r in results["runs"] if r["regime"] == regime])
+        for regime in ("learn", "overfit"))
+    assert (f"{learn} in the committed full run's learn regime (random sets {learn_random}), "
+            f"{overfit.removeprefix('Jaccard ')} in the overfit regime ({overfit_random})") in " ".join(text.split())
+    assert f"({learn} with the lowest blocks of their count in the learn regime, random sets {learn_random})" in (
+        " ".join(README.read_text().split()))
 
 
 def test_results_on_other_seeds_are_read_as_one_run():
@@ -215,3 +231,23 @@ def test_results_on_other_seeds_are_read_as_one_run():
     assert sorted(r["key"] for r in one["runs"]) == ["t/learn/flexora/0", "t/learn/flexora/1", "t/learn/zero_shot"]
     with pytest.raises(ValueError, match="t/learn/zero_shot"):
         report.combined([part(0), part(1, zero_shot_accuracy=0.4)])
+
+
+def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records():
+    from benchmarks.depth_effect import table
+
+    parts = sorted((RESULTS.parent / "depth-peer").glob("*.json"))
+    results = report.combined([json.loads(path.read_text()) for path in parts])
+    text = (RESULTS.parent.parent / "README.md").read_text()
+    _, found = report.ordered_cells(results)
+    tasks = ("addition", "middle_number")
+    for peer, label in report.PEERS:
+        per_task = [paired(report.paired_differences(found[task, "learn"], peer)) for task in tasks]
+        pooled = paired([d for task in tasks for d in report.paired_differences(found[task, "learn"], peer)])
+        row = (f"| {100 * per_task[0].mean:+.1f} | {100 * per_task[1].mean:+.1f} | {100 * pooled.mean:+.1f} "
+               f"[{100 * pooled.low:+.1f}, {100 * pooled.high:+.1f}], {pooled.wins}/{pooled.losses}")
+        assert row in text, (label, row)
+    overlap, random_sets = _overlap_with_the_lowest_blocks(results["runs"])
+    assert f"({overlap} with the lowest k, random sets {random_sets})" in " ".join(text.split())
+    slope, lowest = table(results)[2].split(" | ")[2], table(results)[2].split(" | ")[5].removesuffix(" |")
+    assert f"slope of {slope} points per block, the lowest blocks {lowest} beyond" in text
