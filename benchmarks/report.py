@@ -364,8 +364,7 @@ def plot(results, path):
             if diffs:
                 p = paired(diffs)
                 err = [[100 * (p.mean - p.low)], [100 * (p.high - p.mean)]] if p.n > 1 else None
-                ax.errorbar(i + offset, 100 * p.mean, yerr=err, fmt="o", capsize=3,
-                            color=PEER_COLORS[peer],
+                ax.errorbar(i + offset, 100 * p.mean, yerr=err, fmt="o", capsize=3, color=PEER_COLORS[peer],
                             label=f"Flexora - {label}" if i == 0 else None)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(order)), [f"{t[:12]}\n{r}" for t, r in order], fontsize=7)
