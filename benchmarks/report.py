@@ -445,17 +445,26 @@ def readme_block_of(readme: Path = README) -> str:
 
 
 def combined(parts: list[dict]) -> dict:
-    """Runs of the same settings on other seeds (e.g. side by side, one `--out` each) read as one run: their runs
-    joined, the first one's meta with every part's seeds. A run in two parts must be the same run (the zero-shot
-    base is in each); a key with two different results is refused."""
+    """Runs of the same settings on other seeds or tasks (e.g. side by side, one `--out` each) read as one run: their
+    runs joined, the first one's meta with every part's seeds and (task, regime) pairs, and each part's learning rate
+    named with its tasks where they differ. A run in two parts must be the same run (the zero-shot base is in each); a
+    key with two different results is refused."""
     runs = {}
     for part in parts:
         for run in part["runs"]:
             if runs.setdefault(run["key"], run).get("accuracy") != run.get("accuracy"):
                 raise ValueError(f"{run['key']} is in two of the results with different accuracies: not one run")
     first = parts[0]["meta"]
-    seeds = sorted({seed for part in parts for seed in part["meta"]["settings"]["seeds"]})
-    meta = {**first, "settings": {**first["settings"], "seeds": seeds}}
+    settings = [part["meta"]["settings"] for part in parts]
+    seeds = sorted({seed for s in settings for seed in s["seeds"]})
+    pairs = list(dict.fromkeys(tuple(pair) for s in settings for pair in s["main"]))
+    meta = {**first, "settings": {**first["settings"], "seeds": seeds, "main": pairs}}
+    rates = {}  # learning rate -> the (task, regime) pairs run at it
+    for part, s in zip(parts, settings):
+        rates.setdefault(part["meta"].get("learning_rate"), {}).update(dict.fromkeys(map(tuple, s["main"])))
+    if len(rates) > 1:
+        meta["learning_rate"] = ", ".join(f"{rate or 'per regime'} ({', '.join(f'{t}:{r}' for t, r in at_rate)})"
+                                          for rate, at_rate in rates.items())
     return {**parts[0], "runs": list(runs.values()), "meta": meta}
 
 
@@ -463,7 +472,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="*", default=[str(Path(__file__).resolve().parent / "results" / "results.json")],
                    help="a results JSON (default: the committed full run); several are read as one run on all "
-                        "their seeds and only printed")
+                        "their seeds and tasks and only printed")
     p.add_argument("--readme", action="store_true", help="rewrite the README's Results block from this JSON")
     args = p.parse_args(argv)
     parts = [json.loads(Path(path).read_text()) for path in args.results]

@@ -220,37 +220,78 @@ def test_depth_effect_table_in_the_benchmark_readme_is_the_committed_run():
         " ".join(README.read_text().split()))
 
 
-def test_results_on_other_seeds_are_read_as_one_run():
-    def part(seed, zero_shot_accuracy=0.3):
-        runs = [{"key": "t/learn/zero_shot", "task": "t", "regime": "learn", "arm": "zero_shot", "seed": None,
+def test_results_on_other_seeds_or_tasks_are_read_as_one_run():
+    def part(seed, zero_shot_accuracy=0.3, task="t", learning_rate=None):
+        runs = [{"key": f"{task}/learn/zero_shot", "task": task, "regime": "learn", "arm": "zero_shot", "seed": None,
                  "accuracy": zero_shot_accuracy},
-                {"key": f"t/learn/flexora/{seed}", "task": "t", "regime": "learn", "arm": "flexora", "seed": seed,
-                 "accuracy": 0.5}]
-        return {"meta": {"settings": {"main": [["t", "learn"]], "seeds": [seed]}}, "runs": runs}
+                {"key": f"{task}/learn/flexora/{seed}", "task": task, "regime": "learn", "arm": "flexora",
+                 "seed": seed, "accuracy": 0.5}]
+        return {"meta": {"settings": {"main": [[task, "learn"]], "seeds": [seed]}, "learning_rate": learning_rate},
+                "runs": runs}
 
     one = report.combined([part(0), part(1)])
     assert one["meta"]["settings"]["seeds"] == [0, 1]
+    assert one["meta"]["learning_rate"] is None
     assert sorted(r["key"] for r in one["runs"]) == ["t/learn/flexora/0", "t/learn/flexora/1", "t/learn/zero_shot"]
     with pytest.raises(ValueError, match="t/learn/zero_shot"):
         report.combined([part(0), part(1, zero_shot_accuracy=0.4)])
+    # another task, at its own rate: both tasks' cells are read, and each rate is named with its task
+    two = report.combined([part(0, learning_rate=2e-3), part(0, task="u", learning_rate=5e-3),
+                           part(1, task="u", learning_rate=5e-3)])
+    assert report.ordered_cells(two)[0] == [("t", "learn"), ("u", "learn")]
+    assert two["meta"]["learning_rate"] == "0.002 (t:learn), 0.005 (u:learn)"
 
 
-def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records():
+@pytest.mark.parametrize("folder, regime", [("depth-peer", "learn"), ("depth-peer-overfit", "overfit")])
+def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records(folder, regime):
     from benchmarks.depth_effect import table
 
-    parts = sorted((RESULTS.parent / "depth-peer").glob("*.json"))
+    parts = sorted((RESULTS.parent / folder).glob("*.json"))
     results = report.combined([json.loads(path.read_text()) for path in parts])
-    text = (RESULTS.parent.parent / "README.md").read_text()
+    text = " ".join((RESULTS.parent.parent / "README.md").read_text().split())
     _, found = report.ordered_cells(results)
     tasks = ("addition", "middle_number")
     for peer, label in report.PEERS:
-        per_task = [paired(report.paired_differences(found[task, "learn"], peer)) for task in tasks]
-        pooled = paired([d for task in tasks for d in report.paired_differences(found[task, "learn"], peer)])
+        per_task = [paired(report.paired_differences(found[task, regime], peer)) for task in tasks]
+        pooled = paired([d for task in tasks for d in report.paired_differences(found[task, regime], peer)])
         row = (f"| {100 * per_task[0].mean:+.1f} | {100 * per_task[1].mean:+.1f} | {100 * pooled.mean:+.1f} "
                f"[{100 * pooled.low:+.1f}, {100 * pooled.high:+.1f}], {pooled.wins}/{pooled.losses}")
         assert row in text, (label, row)
     overlap, random_sets = _overlap_with_the_lowest_blocks(results["runs"])
-    assert f"({overlap} with the lowest k, random sets {random_sets})" in " ".join(text.split())
-    learn_row = table(results)[2].removesuffix(" |").split(" | ")
-    slope, lowest = learn_row[2], learn_row[5]
+    assert f"({overlap} with the lowest k, random sets {random_sets})" in text
+    fit = table(results)[2].removesuffix(" |").split(" | ")
+    slope, lowest = fit[2], fit[5]
     assert f"slope of {slope} points per block, the lowest blocks {lowest} beyond" in text
+
+
+def test_generated_tasks_overfit_rates_in_the_benchmark_readme_follow_the_regimes_rule():
+    """Each probe's rise is the committed record's, and the rate named is the lowest whose rise is beyond noise."""
+    calibration = json.loads((RESULTS.parent / "generated" / "overfit_calibration.json").read_text())
+    text = " ".join((RESULTS.parent.parent / "README.md").read_text().split())
+    for task, probes in calibration["tasks"].items():
+        for rate, probe in probes.items():
+            assert f"{rate} {probe['rise']:+.3f} ± {probe['stderr']:.3f}" in text, (task, rate)
+            assert probe["beyond_noise"] == (probe["rise"] > 2 * probe["stderr"])
+        lowest_rate, first = min(probes.items(), key=lambda item: float(item[0]))
+        assert f"{task} {lowest_rate} {first['rise']:+.3f}" in text
+        chosen = min((float(rate), rate) for rate, probe in probes.items() if probe["beyond_noise"])[1]
+        assert f"--main {task}:overfit --learning-rate {chosen}" in text
+
+
+def test_overfit_replication_figures_in_the_benchmark_readme_are_the_committed_records():
+    """middle_number's overfit cell on seeds 6-11 alone, and on all twelve seeds with the first six."""
+    def differences(folders):
+        parts = [json.loads(path.read_text()) for folder in folders for path in sorted((RESULTS.parent / folder).glob(
+            "middle_number*.json"))]
+        arms = report.cells(report.combined(parts))["middle_number", "overfit"]
+        return {peer: paired(report.paired_differences(arms, peer)) for peer, _ in report.PEERS}
+
+    text = " ".join((RESULTS.parent.parent / "README.md").read_text().split())
+    new = differences(["depth-peer-overfit-replication"])
+    every = differences(["depth-peer-overfit", "depth-peer-overfit-replication"])
+    d = new["random"]
+    figure = f"random {100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}], {d.wins} wins, {d.losses} losses"
+    assert figure in text
+    for peer, label in (("random", "random"), ("lora_all", "all-block"), ("lowest", "lowest")):
+        d = every[peer]
+        assert f"- {label} {100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}] ({d.wins}/{d.losses})" in text
