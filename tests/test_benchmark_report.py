@@ -16,6 +16,12 @@ from benchmarks.stats import (expected_jaccard, expected_pairwise_jaccard, heldo
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "results.json"
 README = RESULTS.parent.parent.parent / "README.md"
+BENCHMARK_README = RESULTS.parent.parent / "README.md"
+
+
+def words(path: Path) -> str:
+    """A markdown file's text with every line break and run of spaces as one space: figures wrapped across lines."""
+    return " ".join(path.read_text().split())
 
 
 @pytest.mark.parametrize("sizes", [(6, 6), (12, 15), (3, 20), (30, 30)])
@@ -91,7 +97,7 @@ def test_lowest_block_figures_in_the_readme_are_the_committed_results():
 
     root = RESULTS.parent
     ratios, lows = step_ratios(root), lowest_blocks(root)
-    text = " ".join((root.parent / "README.md").read_text().split())
+    text = words(BENCHMARK_README)
     assert f"{sum(ratio <= 0.874 for _, ratio in ratios)} of the {len(ratios)} runs" in text
     assert f"{lows[0] + lows[1]} of the {sum(lows.values())} distinct selections" in text
     assert f"({sum(n for block, n in lows.items() if block >= 7)} start at block 7 or above)" in text
@@ -209,15 +215,15 @@ def test_depth_effect_table_in_the_benchmark_readme_is_the_committed_run():
     from benchmarks.depth_effect import table
 
     results = json.loads(RESULTS.read_text())
-    text = (RESULTS.parent.parent / "README.md").read_text()
+    text = BENCHMARK_README.read_text()
     assert "\n".join(table(results)) in text
     (learn, learn_random), (overfit, overfit_random) = (
         _overlap_with_the_lowest_blocks([r for r in results["runs"] if r["regime"] == regime])
         for regime in ("learn", "overfit"))
     assert (f"{learn} in the committed full run's learn regime (random sets {learn_random}), "
-            f"{overfit.removeprefix('Jaccard ')} in the overfit regime ({overfit_random})") in " ".join(text.split())
-    assert f"({learn} with the lowest blocks of their count in the learn regime, random sets {learn_random})" in (
-        " ".join(README.read_text().split()))
+            f"{overfit.removeprefix('Jaccard ')} in the overfit regime ({overfit_random})") in words(BENCHMARK_README)
+    assert f"({learn} with the lowest blocks of their count in the learn regime, random sets {learn_random})" in words(
+        README)
 
 
 def test_results_on_other_seeds_or_tasks_are_read_as_one_run():
@@ -248,7 +254,7 @@ def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records(fo
 
     parts = sorted((RESULTS.parent / folder).glob("*.json"))
     results = report.combined([json.loads(path.read_text()) for path in parts])
-    text = " ".join((RESULTS.parent.parent / "README.md").read_text().split())
+    text = words(BENCHMARK_README)
     _, found = report.ordered_cells(results)
     tasks = ("addition", "middle_number")
     for peer, label in report.PEERS:
@@ -267,7 +273,7 @@ def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records(fo
 def test_generated_tasks_overfit_rates_in_the_benchmark_readme_follow_the_regimes_rule():
     """Each probe's rise is the committed record's, and the rate named is the lowest whose rise is beyond noise."""
     calibration = json.loads((RESULTS.parent / "generated" / "overfit_calibration.json").read_text())
-    text = " ".join((RESULTS.parent.parent / "README.md").read_text().split())
+    text = words(BENCHMARK_README)
     for task, probes in calibration["tasks"].items():
         for rate, probe in probes.items():
             assert f"{rate} {probe['rise']:+.3f} ± {probe['stderr']:.3f}" in text, (task, rate)
@@ -286,7 +292,7 @@ def test_overfit_replication_figures_in_the_benchmark_readme_are_the_committed_r
         arms = report.cells(report.combined(parts))["middle_number", "overfit"]
         return {peer: paired(report.paired_differences(arms, peer)) for peer, _ in report.PEERS}
 
-    text = " ".join((RESULTS.parent.parent / "README.md").read_text().split())
+    text = words(BENCHMARK_README)
     new = differences(["depth-peer-overfit-replication"])
     every = differences(["depth-peer-overfit", "depth-peer-overfit-replication"])
     d = new["random"]
