@@ -3,7 +3,8 @@
 BIG-bench's sdist left PyPI (on 2026-12-06 its simple index and JSON API list only `bigbench` 0.0.1, a 358 kB
 placeholder), so a fresh machine may have no BIG-bench task at all. These tasks are drawn from a fixed seed and the
 word list below: the same examples on every machine, 9,000 to 12,000 distinct prompts each, and a skill rather than
-knowledge a small model either has or not (arithmetic, comparing numbers, parity, the alphabet). Not every one moves
+knowledge a small model either has or not (arithmetic, comparing numbers, parity, counting, number sequences, spotting
+a repeat, the alphabet). Not every one moves
 in the learn regime's 40 steps (benchmarks/README.md, "Tasks, and why each", says which do).
 """
 
@@ -27,6 +28,18 @@ upper valley velvet village violin window winter wagon wizard yellow yogurt yest
 BY_INITIAL = {initial: [word for word in WORDS if word[0] == initial] for initial in sorted({w[0] for w in WORDS})}
 
 
+def _shuffled(rng, gold, others) -> tuple[list[str], int]:
+    """The gold choice and the others in an order drawn from the task's stream, with the gold's place in it."""
+    choices = [gold, *others]
+    order = rng.permutation(len(choices))
+    return [str(choices[i]) for i in order], int(np.argmin(order))
+
+
+def _near_misses(rng, gold: int, offsets) -> tuple[list[str], int]:
+    """The gold number and three near misses (three of `offsets` added to it), shuffled."""
+    return _shuffled(rng, gold, [gold + int(o) for o in rng.choice(offsets, size=3, replace=False)])
+
+
 def _alphabetical_first(rng) -> tuple[str, list[str], int]:
     initials = rng.choice(list(BY_INITIAL), size=4, replace=False)
     words = [str(rng.choice(BY_INITIAL[i])) for i in initials]
@@ -36,12 +49,8 @@ def _alphabetical_first(rng) -> tuple[str, list[str], int]:
 
 def _addition(rng) -> tuple[str, list[str], int]:
     a, b = (int(v) for v in rng.integers(10, 150, size=2))
-    total = a + b
     # Near misses in the units and the tens digit: choosing needs the sum, not its size.
-    offsets = rng.choice([-11, -10, -9, -1, 1, 9, 10, 11], size=3, replace=False)
-    choices = [total] + [total + int(o) for o in offsets]
-    order = rng.permutation(4)
-    return f"What is {a} + {b}?\nAnswer:", [str(choices[i]) for i in order], int(np.argmin(order))
+    return f"What is {a} + {b}?\nAnswer:", *_near_misses(rng, a + b, [-11, -10, -9, -1, 1, 9, 10, 11])
 
 
 def _middle_number(rng) -> tuple[str, list[str], int]:
@@ -52,15 +61,49 @@ def _middle_number(rng) -> tuple[str, list[str], int]:
 
 def _odd_number(rng) -> tuple[str, list[str], int]:
     evens = [int(v) for v in rng.choice(np.arange(10, 1000, 2), size=3, replace=False)]
-    choices = [int(rng.choice(np.arange(11, 1000, 2)))] + evens
-    order = rng.permutation(4)
-    return (f"Which of these numbers is odd: {', '.join(str(choices[i]) for i in order)}?\nAnswer:",
-            [str(choices[i]) for i in order], int(np.argmin(order)))
+    choices, answer = _shuffled(rng, int(rng.choice(np.arange(11, 1000, 2))), evens)
+    return f"Which of these numbers is odd: {', '.join(choices)}?\nAnswer:", choices, answer
+
+
+def _count_words(rng) -> tuple[str, list[str], int]:
+    count = int(rng.integers(2, 9))
+    words = [str(w) for w in rng.choice(WORDS, size=count, replace=False)]
+    return f"How many words are in this list: {', '.join(words)}?\nAnswer:", *_near_misses(rng, count, [-2, -1, 1, 2])
+
+
+def _next_number(rng) -> tuple[str, list[str], int]:
+    start, step = int(rng.integers(1, 1000)), int(rng.integers(2, 20))
+    terms = [start + step * i for i in range(5)]
+    # A set: a step of 2 is also the +2 near miss.
+    return (f"Which number comes next: {', '.join(map(str, terms[:4]))}?\nAnswer:",
+            *_near_misses(rng, terms[4], sorted({-2, -1, 1, 2, step})))
+
+
+def _multiplication(rng) -> tuple[str, list[str], int]:
+    a, b = int(rng.integers(2, 20)), int(rng.integers(10, 1000))
+    # Off in the units, the tens, or by one a (b misread by one); a set: a may be 10.
+    return f"What is {a} * {b}?\nAnswer:", *_near_misses(rng, a * b, sorted({-10, -1, 1, 10, a, -a}))
+
+
+def _largest_number(rng) -> tuple[str, list[str], int]:
+    numbers = [int(v) for v in rng.choice(np.arange(10, 1000), size=4, replace=False)]
+    return (f"Which number is the largest: {', '.join(map(str, numbers))}?\nAnswer:", [str(n) for n in numbers],
+            int(np.argmax(numbers)))
+
+
+def _repeated_word(rng) -> tuple[str, list[str], int]:
+    """Three words listed, one of them twice; the fourth choice is a word not listed."""
+    words = [str(w) for w in rng.choice(WORDS, size=4, replace=False)]
+    listed = [(words[:3] + [words[0]])[i] for i in rng.permutation(4)]
+    return f"Which word appears twice: {', '.join(listed)}?\nAnswer:", *_shuffled(rng, words[0], words[1:])
 
 
 # name: (generator, its stream of the fixed seed); a new task takes a new stream, so the others' examples stay.
 GENERATORS = {"addition": (_addition, 0), "alphabetical_first": (_alphabetical_first, 1),
-              "middle_number": (_middle_number, 2), "odd_number": (_odd_number, 3)}
+              "middle_number": (_middle_number, 2), "odd_number": (_odd_number, 3),
+              "count_words": (_count_words, 4), "next_number": (_next_number, 5),
+              "multiplication": (_multiplication, 6), "largest_number": (_largest_number, 7),
+              "repeated_word": (_repeated_word, 8)}
 SIZE = 12000  # draws per task; repeated prompts are dropped (addition keeps 8,979)
 
 

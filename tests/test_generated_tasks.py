@@ -50,3 +50,36 @@ def test_the_split_of_a_generated_task_is_disjoint_and_scored_as_a_choice(name, 
     assert not {e.prompt for e in task.train} & {e.prompt for e in task.test}
     assert task.chance == pytest.approx(1 / len(task.test[0].choices))
     assert all(c.startswith(" ") for e in task.test for c in e.choices)
+
+
+def test_the_gold_count_is_the_number_of_words_listed():
+    for prompt, choices, answer in generated_examples("count_words"):
+        listed = prompt.split(": ", 1)[1].split("?")[0].split(", ")
+        assert [int(c) == len(listed) for c in choices] == [i == answer for i in range(4)] and len(set(choices)) == 4
+
+
+def test_the_gold_number_continues_the_sequence_and_no_other_choice_does():
+    for prompt, choices, answer in generated_examples("next_number"):
+        terms = [int(t) for t in prompt.split(": ", 1)[1].split("?")[0].split(", ")]
+        (step,) = {b - a for a, b in zip(terms, terms[1:])}
+        assert len(terms) == 4
+        assert [int(c) == terms[-1] + step for c in choices] == [i == answer for i in range(4)]
+        assert len(set(choices)) == 4
+
+
+def test_the_gold_product_is_the_product_and_no_other_choice_is():
+    for prompt, choices, answer in generated_examples("multiplication"):
+        a, b = (int(v) for v in prompt.removeprefix("What is ").split("?")[0].split(" * "))
+        assert [int(c) == a * b for c in choices] == [i == answer for i in range(4)] and len(set(choices)) == 4
+
+
+def test_the_gold_number_is_the_largest_and_the_choices_are_the_numbers_listed():
+    for prompt, choices, answer in generated_examples("largest_number"):
+        assert max(int(c) for c in choices) == int(choices[answer]) and len(set(choices)) == 4
+        assert ", ".join(choices) in prompt
+
+
+def test_the_gold_word_is_the_one_listed_twice_and_one_choice_is_not_listed():
+    for prompt, choices, answer in generated_examples("repeated_word"):
+        listed = prompt.split(": ", 1)[1].split("?")[0].split(", ")
+        assert sorted(listed.count(c) for c in choices) == [0, 1, 1, 2] and listed.count(choices[answer]) == 2
