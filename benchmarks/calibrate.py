@@ -69,6 +69,12 @@ def main(argv=None):
     args = parse(argv)
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {"rule": rule(args.profile), "tasks": {}}
+    if record["rule"] != rule(args.profile):
+        raise SystemExit(f"--out {out}: its probes were made with other sizes than --profile {args.profile}'s "
+                         f"({record['rule']}); give another --out or the profile they were made with.")
+    check = Harness(parse_args(["--profile", args.profile, "--threads", str(args.threads)]))
+    for task in args.tasks:  # a missing or too small task stops here, before any probe trains
+        check.task(task, check.profile["regimes"]["overfit"]["n_train"])
     for task in args.tasks:
         probes = record["tasks"].setdefault(task, {})
         for rate in args.rates:

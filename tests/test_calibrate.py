@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from benchmarks.calibrate import calibrated_rate, main, parse
+from benchmarks.calibrate import calibrated_rate, main, parse, rule
 from benchmarks.run import PROFILES
 from benchmarks.stats import heldout_rise
 
@@ -47,3 +47,13 @@ def test_a_probe_records_the_losses_its_rise_is_read_from_and_a_second_call_keep
     before = out.read_text()
     main(command)
     assert "addition 5e-3: kept from" in capsys.readouterr().out and out.read_text() == before
+
+
+def test_an_unknown_task_or_a_record_of_other_sizes_stops_before_any_probe(tmp_path):
+    with pytest.raises(SystemExit, match="no_such_task"):
+        main(["addition", "no_such_task", "--out", str(tmp_path / "new.json")])
+    assert not (tmp_path / "new.json").exists()
+    other = tmp_path / "quick.json"
+    other.write_text(json.dumps({"rule": rule("quick"), "tasks": {}}))
+    with pytest.raises(SystemExit, match="--profile dev"):
+        main(["addition", "--out", str(other)])
