@@ -248,19 +248,22 @@ def test_results_on_other_seeds_or_tasks_are_read_as_one_run():
     assert two["meta"]["learning_rate"] == "0.002 (t:learn), 0.005 (u:learn)"
 
 
-@pytest.mark.parametrize("folder, regime", [("depth-peer", "learn"), ("depth-peer-overfit", "overfit")])
-def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records(folder, regime):
+@pytest.mark.parametrize("folder, regime, tasks", [
+    ("depth-peer", "learn", ("addition", "middle_number")),
+    ("depth-peer-overfit", "overfit", ("addition", "middle_number")),
+    ("new-tasks-overfit", "overfit", ("count_words", "largest_number", "multiplication", "next_number"))])
+def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records(folder, regime, tasks):
     from benchmarks.depth_effect import table
 
     parts = sorted((RESULTS.parent / folder).glob("*.json"))
     results = report.combined([json.loads(path.read_text()) for path in parts])
     text = words(BENCHMARK_README)
     _, found = report.ordered_cells(results)
-    tasks = ("addition", "middle_number")
+    assert {task for task, _ in found} == set(tasks)
     for peer, label in report.PEERS:
         per_task = [paired(report.paired_differences(found[task, regime], peer)) for task in tasks]
         pooled = paired([d for task in tasks for d in report.paired_differences(found[task, regime], peer)])
-        row = (f"| {100 * per_task[0].mean:+.1f} | {100 * per_task[1].mean:+.1f} | {100 * pooled.mean:+.1f} "
+        row = ("| " + " | ".join(f"{100 * d.mean:+.1f}" for d in per_task) + f" | {100 * pooled.mean:+.1f} "
                f"[{100 * pooled.low:+.1f}, {100 * pooled.high:+.1f}], {pooled.wins}/{pooled.losses}")
         assert row in text, (label, row)
     overlap, random_sets = _overlap_with_the_lowest_blocks(results["runs"])
