@@ -2,10 +2,10 @@
 
 BIG-bench's sdist left PyPI (on 2026-12-06 its simple index and JSON API list only `bigbench` 0.0.1, a 358 kB
 placeholder), so a fresh machine may have no BIG-bench task at all. These tasks are drawn from a fixed seed and the
-word list below: the same examples on every machine, 9,000 to 12,000 distinct prompts each, and a skill rather than
+word list below: the same examples on every machine, 8,700 to 12,000 distinct prompts each, and a skill rather than
 knowledge a small model either has or not (arithmetic, comparing numbers, parity, counting, number sequences, spotting
-a repeat, the alphabet). Not every one moves
-in the learn regime's 40 steps (benchmarks/README.md, "Tasks, and why each", says which do).
+a repeat, the alphabet). Not every one moves in the learn regime's 40 steps (benchmarks/README.md, "Tasks, and why
+each", says which do).
 """
 
 from __future__ import annotations

@@ -12,14 +12,14 @@ from benchmarks.run import PROFILES
 from benchmarks.stats import heldout_rise
 
 
-def probe(rise, stderr):
+def probed(rise, stderr):
     return {"rise": rise, "stderr": stderr, "beyond_noise": rise > 2 * stderr}
 
 
 def test_the_rate_is_the_lowest_whose_rise_is_beyond_noise_and_none_without_one():
-    probes = {"5e-3": probe(0.3, 0.1), "1e-3": probe(0.1, 0.1), "2e-3": probe(0.25, 0.1)}
+    probes = {"5e-3": probed(0.3, 0.1), "1e-3": probed(0.1, 0.1), "2e-3": probed(0.25, 0.1)}
     assert calibrated_rate(probes) == "2e-3"  # not the first listed, nor the largest rise
-    assert calibrated_rate({"1e-3": probe(0.1, 0.1), "2e-3": probe(-0.2, 0.05)}) is None
+    assert calibrated_rate({"1e-3": probed(0.1, 0.1), "2e-3": probed(-0.2, 0.05)}) is None
 
 
 @pytest.mark.parametrize("rates", ["0.001,fast", "0,1e-3", "-1e-3"])
