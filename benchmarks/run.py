@@ -120,7 +120,8 @@ def parse_args(argv=None):
     p.add_argument("--main", help="comma-separated task:regime pairs of the main part, e.g. winowhy:learn (default: "
                                   "the profile's); any multiple-choice BIG-bench task in the local cache with enough "
                                   "examples, or a generated one (benchmarks/generated.py, e.g. addition); an overfit "
-                                  "pair on a task without a calibrated rate needs --learning-rate")
+                                  "pair on a task without a calibrated rate needs --learning-rate (python -m "
+                                  "benchmarks.calibrate finds one)")
     p.add_argument("--budget-task", help="the task of the search-budget study (default: the profile's); any "
                                          "multiple-choice BIG-bench task in the local cache with enough examples, "
                                          "or a generated one (benchmarks/generated.py)")
@@ -212,7 +213,8 @@ def profile_of(args) -> dict:
             rate = profile["regimes"][regime]["learning_rate"]
             if isinstance(rate, dict) and task not in rate and args.learning_rate is None:
                 raise SystemExit(f"--main {task}:{regime}: the {regime} regime's learning rate is calibrated for "
-                                 f"{sorted(rate)} only; give one with --learning-rate.")
+                                 f"{sorted(rate)} only; give one with --learning-rate (`python -m "
+                                 f"benchmarks.calibrate {task} --out CAL.json` finds it by the regime's rule).")
     if args.learn_steps:
         profile["regimes"]["learn"] = {**profile["regimes"]["learn"], "max_steps": args.learn_steps}
     if args.budget_task:
