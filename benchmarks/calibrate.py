@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from .run import CURVE_EXAMPLES, PROFILES, Harness, offline_and_quiet, parse_args, profile_of
+from .run import CURVE_EXAMPLES, PROFILES, Harness, offline_and_quiet, parse_args, profile_of, write_json
 from .stats import heldout_rise
 
 RATES = ("1e-3", "2e-3", "5e-3")
@@ -68,8 +67,9 @@ def main(argv=None):
     offline_and_quiet()
     args = parse(argv)
     out = Path(args.out)
-    record = json.loads(out.read_text()) if out.exists() else {"rule": rule(args.profile), "tasks": {}}
-    if record["rule"] != rule(args.profile):
+    sizes = rule(args.profile)
+    record = json.loads(out.read_text()) if out.exists() else {"rule": sizes, "tasks": {}}
+    if record["rule"] != sizes:
         raise SystemExit(f"--out {out}: its probes were made with other sizes than --profile {args.profile}'s "
                          f"({record['rule']}); give another --out or the profile they were made with.")
     check = Harness(parse_args(["--profile", args.profile, "--threads", str(args.threads)]))
@@ -85,9 +85,7 @@ def main(argv=None):
                                           "--learning-rate", rate, "--threads", str(args.threads)]))
             run = harness.regime_run(f"{task}/overfit/lora_all/{SEED}", task, "overfit", SEED, "lora_all", curve=True)
             probes[rate] = probe_record(run)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            os.replace(tmp, out)
+            write_json(out, record, indent=1)
     print("| task | rate | best epoch | rise +- s.e. | beyond noise | accuracy |\n|---|---|---|---|---|---|")
     for task in args.tasks:
         for rate, p in sorted(record["tasks"][task].items(), key=lambda item: float(item[0])):

@@ -13,6 +13,8 @@ import torch
 
 from flexora_trl.smollm2 import cache_root
 
+from .run import write_json
+
 SAMPLED_MAX_LENGTH = 128  # prompts of up to ~80 tokens and 48 sampled ones
 # the base writes the rows; the student is the base damaged (`Damage`)
 REPAIR_DESIGNS = ("repair", "balanced", "balanced_rows")
@@ -240,8 +242,7 @@ def _cached(cache, key, compute, keep=lambda value: True):
             return value
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(value))
-    path.with_suffix(".tmp").replace(path)
+    write_json(path, value)
     return value
 
 

@@ -571,6 +571,13 @@ def run_job(item):
     return job, results, error, round(time.perf_counter() - start, 1)
 
 
+def write_json(path: Path, data, indent: int | None = None):
+    """Replace `path` with `data` as JSON in one step: a process stopped mid-write leaves the previous file whole."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=indent))
+    os.replace(tmp, path)
+
+
 class Results:
     """results.json, rewritten (with results.md and results.png) after every job."""
 
@@ -603,9 +610,7 @@ class Results:
         from .report import write_reports
 
         self.data["meta"]["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.data, indent=1)
         try:
             write_reports(self.data, self.out)
         except Exception as error:  # a report bug must not lose a long run

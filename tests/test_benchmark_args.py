@@ -19,7 +19,8 @@ def test_main_pairs_replace_the_profiles():
 
 
 def test_an_uncalibrated_overfit_task_needs_a_learning_rate():
-    with pytest.raises(SystemExit, match=r"winowhy:overfit.*calibrated for .*hyperbaton.*--learning-rate.*benchmarks.calibrate winowhy"):
+    uncalibrated = r"winowhy:overfit.*calibrated for .*hyperbaton.*--learning-rate.*benchmarks.calibrate winowhy"
+    with pytest.raises(SystemExit, match=uncalibrated):
         profile_of(parse_args(["--profile", "dev", "--main", "winowhy:overfit"]))
     profile = profile_of(parse_args(["--profile", "dev", "--main", "winowhy:overfit", "--learning-rate", "2e-3"]))
     assert profile["main"] == [("winowhy", "overfit")]
