@@ -4,8 +4,8 @@ blocks learns better whoever picks it; so a selection's edge over random blocks 
     python -m benchmarks.depth_effect [results.json ...]   # default: the committed full run; several: one run
 
 Within each (task, regime, seed) cell of a main part, every run on a subset of the blocks (Flexora, each random draw,
-Spectrum, the lowest blocks) gives its accuracy and the mean index of its blocks, both minus the cell's mean over
-those runs. One least-squares fit per regime (and over both): accuracy = slope x depth + one term per arm other than
+Spectrum, the lowest blocks, the blocks Flexora's score ranks last) gives its accuracy and the mean index of its
+blocks, both minus the cell's mean over those runs. One least-squares fit per regime (and over both): accuracy = slope x depth + one term per arm other than
 random. The slope is what a block lower in the stack is worth (negative: lower is better); an arm's term is what it
 adds beyond the depth it keeps, against random draws of the same count; each with its standard error (the fit's
 ordinary one: runs of a cell share the test items, so read it as rough).
@@ -24,7 +24,7 @@ import numpy as np
 from .report import combined
 from .run import RESULTS_DIR
 
-SUBSET_ARMS = ("random", "flexora", "spectrum", "lowest")  # random is the reference: no term of its own
+SUBSET_ARMS = ("random", "flexora", "spectrum", "lowest", "last_ranked")  # random: the reference, no term of its own
 
 
 def subset_runs(results) -> dict:
@@ -62,7 +62,8 @@ def fit(cells) -> dict | None:
 def table(results) -> list[str]:
     cells = subset_runs(results)
     lines = ["| regime | runs | depth slope (points per block; negative: lower is better) | Flexora beyond depth | "
-             "Spectrum beyond depth | lowest blocks beyond depth |", "|---|---|---|---|---|---|"]
+             "Spectrum beyond depth | lowest blocks beyond depth | last-ranked blocks beyond depth |",
+             "|---|---|---|---|---|---|---|"]
     regimes = sorted({regime for _, regime, _ in cells}, key=("learn", "overfit").index)
     for regime in regimes + [None] * (len(regimes) > 1):  # None: both regimes in one fit
         fitted = fit([runs for (_, r, _), runs in cells.items() if regime in (None, r) and len(runs) > 2])

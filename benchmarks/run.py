@@ -9,7 +9,8 @@
 For every task, regime and seed, with the same data, data order, steps and LoRA settings: LoRA on all blocks (TRL
 SFTTrainer), Flexora (FlexoraSFTTrainer), LoRA on random blocks of the count Flexora kept (several draws), LoRA on the
 blocks the data-free Spectrum signal-to-noise ranking picks (same count), LoRA on the lowest blocks (same count: the
-depth the gate leans to), and the zero-shot base model. Around them:
+depth the gate leans to), LoRA on the blocks Flexora's score ranks last (same count: the other end of its order), and
+the zero-shot base model. Around them:
 an all-linear-modules pair per task, planted-block recovery on the real model, a search-budget study, a long run that
 measures the search's share at length, and the fine-tune speed of a high selection. The work is split into jobs run by
 `--workers` processes (one torch thread each, a fresh process per job); results are written after every job, so an
@@ -274,6 +275,11 @@ def highest(scores: dict, count: int) -> list[int]:
     return sorted(int(b) for b in sorted(scores, key=lambda b: (-scores[b], int(b)))[:count])
 
 
+def last_ranked(scores: dict, count: int) -> list[int]:
+    """The `count` blocks with the lowest scores, ties to the lower block: the other end of a selection's order."""
+    return highest({b: -value for b, value in scores.items()}, count)
+
+
 def planted_blocks(set_seed: int, count: int = 6) -> list[int]:
     """Planted sets are drawn, not chosen: a method tuned to one set would not find another."""
     return sorted(random.Random(1_000 + set_seed).sample(range(NUM_BLOCKS), count))
@@ -421,8 +427,9 @@ class Harness:
                                          "chance": task.chance, **scores})
 
     def main(self, task_name, regime, seed):
-        """All-block LoRA, Flexora, and of Flexora's count: random blocks (several draws), Spectrum's blocks and the
-        lowest blocks (the plain depth rule: the gate leans to the lower blocks, so does it beat that rule?)."""
+        """All-block LoRA, Flexora, and of Flexora's count: random blocks (several draws), Spectrum's blocks, the
+        lowest blocks (the plain depth rule: the gate leans to the lower blocks, so does it beat that rule?) and the
+        blocks its score ranks last."""
         from .spectrum import spectrum_blocks
 
         runs = self.results["runs"]
@@ -444,6 +451,14 @@ class Harness:
                                     selector_seconds=round(seconds, 2)))
         runs.append(self.regime_run(f"{base}/lowest/{seed}", task_name, regime, seed, "lowest",
                                     layers=list(range(count))))
+        runs.append(self.last_ranked_run(flexora))
+
+    def last_ranked_run(self, flexora: dict) -> dict:
+        """LoRA on the blocks a Flexora run's score ranks last, as many as it kept: if the score's order carries
+        accuracy, Flexora minus this is about twice Flexora minus random blocks, on the same noise."""
+        task, regime, seed = flexora["task"], flexora["regime"], flexora["seed"]
+        return self.regime_run(f"{task}/{regime}/last_ranked/{seed}", task, regime, seed, "last_ranked",
+                               layers=last_ranked(flexora["scores"], len(flexora["selected_layers"])))
 
     def linear(self, task_name, regime, seed):
         """The same pair with LoRA on every linear module of the blocks."""
