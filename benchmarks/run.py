@@ -451,14 +451,14 @@ class Harness:
                                     selector_seconds=round(seconds, 2)))
         runs.append(self.regime_run(f"{base}/lowest/{seed}", task_name, regime, seed, "lowest",
                                     layers=list(range(count))))
-        runs.append(self.last_ranked_run(flexora))
+        # The other end of the score's order: if the order carries accuracy, Flexora minus this is larger than
+        # Flexora minus random blocks, on the same noise.
+        runs.append(self.peer_run(flexora, "last_ranked", last_ranked(flexora["scores"], count)))
 
-    def last_ranked_run(self, flexora: dict) -> dict:
-        """LoRA on the blocks a Flexora run's score ranks last, as many as it kept: if the score's order carries
-        accuracy, Flexora minus this is about twice Flexora minus random blocks, on the same noise."""
+    def peer_run(self, flexora: dict, arm: str, blocks: list[int]) -> dict:
+        """LoRA on `blocks`, in the cell (task, regime, seed) of a Flexora run: its data, steps and seed."""
         task, regime, seed = flexora["task"], flexora["regime"], flexora["seed"]
-        return self.regime_run(f"{task}/{regime}/last_ranked/{seed}", task, regime, seed, "last_ranked",
-                               layers=last_ranked(flexora["scores"], len(flexora["selected_layers"])))
+        return self.regime_run(f"{task}/{regime}/{arm}/{seed}", task, regime, seed, arm, layers=blocks)
 
     def linear(self, task_name, regime, seed):
         """The same pair with LoRA on every linear module of the blocks."""

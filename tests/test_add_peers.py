@@ -1,14 +1,15 @@
-"""The last-ranked peer: LoRA on the blocks a Flexora run's score ranks last, as many as it kept."""
+"""More peers in a record's cells: the blocks a Flexora run's score ranks last, its top K, random K."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 from benchmarks import report
-from benchmarks.last_ranked import main
+from benchmarks.add_peers import main, peers
 from benchmarks.run import last_ranked
 
 RECORD = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "new-tasks-overfit" / "next_number.json"
@@ -26,36 +27,48 @@ def test_a_record_without_its_command_or_scores_stops_before_any_training(tmp_pa
     no_command = tmp_path / "no_command.json"
     no_command.write_text(json.dumps({**record, "meta": {**record["meta"], "command": "python train.py"}}))
     with pytest.raises(SystemExit, match="no `python -m benchmarks.run` command"):
-        main([str(no_command), "--out", str(tmp_path / "out.json")])
+        main([str(no_command), "--out", str(tmp_path / "out.json"), "--peers", "last_ranked"])
     no_scores = tmp_path / "no_scores.json"
     no_scores.write_text(json.dumps({**record, "runs": [{k: v for k, v in r.items() if k != "scores"}
                                                         for r in record["runs"]]}))
     with pytest.raises(SystemExit, match="no Flexora run with per-block scores"):
-        main([str(no_scores), "--out", str(tmp_path / "out.json")])
+        main([str(no_scores), "--out", str(tmp_path / "out.json"), "--peers", "last_ranked"])
     assert not (tmp_path / "out.json").exists()
 
 
+@pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3"])
+def test_a_peer_that_is_not_one_of_the_three_kinds_is_refused(spec):
+    with pytest.raises(argparse.ArgumentTypeError, match="a peer is last_ranked, top:K or random:K with K from 1 to 29"):
+        peers(f"last_ranked,{spec}")
+
+
 @pytest.mark.slow
-def test_a_committed_record_gets_its_last_ranked_run_and_a_second_call_keeps_it(tmp_path, capsys):
+def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path, capsys):
     """The committed next_number record, its command at the quick profile's sizes (16 examples, 3 epochs)."""
     record = json.loads(RECORD.read_text())
     command = record["meta"]["command"].replace("--profile dev", "--profile quick")
     quick = tmp_path / "next_number.json"
     quick.write_text(json.dumps({**record, "meta": {**record["meta"], "command": command}}))
-    out = tmp_path / "last_ranked.json"
-    main([str(quick), "--out", str(out), "--seeds", "0"])
-    [run] = json.loads(out.read_text())["runs"]
     flexora = next(r for r in record["runs"] if r["arm"] == "flexora" and r["seed"] == 0)
     kept, scores = len(flexora["selected_layers"]), {int(b): s for b, s in flexora["scores"].items()}
-    assert run["key"] == "next_number/overfit/last_ranked/0" and run["arm"] == "last_ranked"
-    assert len(run["selected_layers"]) == kept
-    assert max(scores[b] for b in run["selected_layers"]) <= min(s for b, s in scores.items()
-                                                                 if b not in run["selected_layers"])
-    assert run["learning_rate"] == 5e-3 and run["finetune_steps"] == 6  # the command's rate; 16 examples x 3 epochs
-    assert 0 <= run["accuracy"] <= 1
+    out, call = tmp_path / "peers.json", [str(quick), "--out", str(tmp_path / "peers.json"), "--seeds", "0",
+                                          "--peers", f"last_ranked,top:3,random:{kept}"]
+    main(call)
+    runs = {run["arm"]: run for run in json.loads(out.read_text())["runs"]}
+    assert sorted(runs) == ["last_ranked", f"random_{kept}", "top_3"]
+    last, top = runs["last_ranked"]["selected_layers"], runs["top_3"]["selected_layers"]
+    assert runs["last_ranked"]["key"] == "next_number/overfit/last_ranked/0" and len(last) == kept
+    assert max(scores[b] for b in last) <= min(s for b, s in scores.items() if b not in last)
+    assert len(top) == 3 and min(scores[b] for b in top) >= max(s for b, s in scores.items() if b not in top)
+    first_draw = next(r for r in record["runs"] if r["arm"] == "random" and r["seed"] == 0 and r["draw"] == 0)
+    assert runs[f"random_{kept}"]["selected_layers"] == first_draw["selected_layers"]  # the main part's first draw
+    for run in runs.values():  # the command's rate; 16 examples x 3 epochs
+        assert run["learning_rate"] == 5e-3 and run["finetune_steps"] == 6 and 0 <= run["accuracy"] <= 1
     rows = report.paired_table(report.combined([record, json.loads(out.read_text())]))
     assert any(row.startswith("| next_number | overfit | last-ranked blocks | 1 |") for row in rows)
+    printed = capsys.readouterr().out
+    assert "| flexora - last_ranked | 1 |" in printed and "| top_3 - lora_all | 1 |" in printed
     written = out.read_bytes()
-    main([str(quick), "--out", str(out), "--seeds", "0"])
+    main(call)
     assert out.read_bytes() == written
-    assert f"last-ranked runs in {out}: 1" in capsys.readouterr().out
+    assert f"runs in {out}: 3" in capsys.readouterr().out

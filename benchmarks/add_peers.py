@@ -1,0 +1,114 @@
+"""More peers in the cells of a main-part record: LoRA on blocks chosen from each Flexora run's score (or at random),
+trained as the record's own command trained that cell, so they pair with its Flexora and all-block runs by seed.
+
+    python -m benchmarks.add_peers RECORD.json [RECORD.json ...] --out OUT.json --peers last_ranked
+    python -m benchmarks.add_peers RECORD.json --out OUT.json --peers top:5,random:5,top:10,random:10
+    python -m benchmarks.report RECORD.json OUT.json      # Flexora minus the last-ranked blocks, paired by seed
+
+Peers: `last_ranked` (the blocks the score ranks last, as many as Flexora kept: the main part's peer, for records made
+before it had it), `top:K` (the score's K highest blocks: a rule keeping K) and `random:K` (K random blocks, the
+main part's first draw at that count). Settings (profile, learning rates, precision, lengths) are parsed back from
+each record's `meta.command`. OUT.json holds the first record's meta and the new runs only; it is written after every
+run, a run already in it is not made again, and the table at the end pairs every new arm by cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from . import report
+from .run import (NUM_BLOCKS, Harness, Results, highest, integers, last_ranked, offline_and_quiet, parse_args,
+                  random_blocks, write_json)
+from .stats import paired
+
+
+def peers(text: str) -> list[str]:
+    """`--peers`: last_ranked, top:K or random:K, comma-separated."""
+    specs = text.split(",")
+    for spec in specs:
+        name, colon, count = spec.partition(":")
+        if not ((name == "last_ranked" and not colon) or (name in ("top", "random") and count.isdigit()
+                                                           and 1 <= int(count) < NUM_BLOCKS)):
+            raise argparse.ArgumentTypeError(f"{spec!r}: a peer is last_ranked, top:K or random:K with K from 1 to "
+                                             f"{NUM_BLOCKS - 1}")
+    return specs
+
+
+def peer_blocks(spec: str, flexora: dict) -> tuple[str, list[int]]:
+    """(arm, blocks) of a peer in a Flexora run's cell."""
+    name, _, count = spec.partition(":")
+    if name == "last_ranked":
+        return name, last_ranked(flexora["scores"], len(flexora["selected_layers"]))
+    if name == "top":
+        return f"top_{count}", highest(flexora["scores"], int(count))
+    return f"random_{count}", random_blocks(flexora["seed"], 0, int(count))
+
+
+def record_args(record: dict, path) -> argparse.Namespace:
+    """The record's `benchmarks.run` arguments, as its command gave them."""
+    command = shlex.split(record.get("meta", {}).get("command", ""))
+    if "benchmarks.run" not in command:
+        raise SystemExit(f"{path}: no `python -m benchmarks.run` command in its meta: not a main-part record")
+    return parse_args(command[command.index("benchmarks.run") + 1:])
+
+
+def flexora_runs(record: dict, path, seeds=None) -> list[dict]:
+    """The record's Flexora runs of the main part (q,v), with the scores the peers are chosen from."""
+    runs = [r for r in record.get("runs", []) if r.get("arm") == "flexora" and (seeds is None or r["seed"] in seeds)]
+    if not runs or any(not r.get("scores") for r in runs):
+        raise SystemExit(f"{path}: no Flexora run with per-block scores{f' on seeds {seeds}' if seeds else ''}")
+    return runs
+
+
+def peer_table(results: dict, arms: list[str]) -> list[str]:
+    """Each new arm against all-block LoRA and against Flexora, and top_K against random_K, paired by cell."""
+    found = report.cells(results)
+    pairs = [(arm, "lora_all") for arm in arms] + [("flexora", arm) for arm in arms]
+    pairs += [(arm, "random_" + arm.removeprefix("top_")) for arm in arms
+              if arm.startswith("top_") and "random_" + arm.removeprefix("top_") in arms]
+    lines = ["| accuracy, points | cells | mean | 95 % interval | wins/losses |", "|---|---|---|---|---|"]
+    for one, other in pairs:
+        diffs = [100 * (by_arm[one][seed]["accuracy"] - by_arm[other][seed]["accuracy"])
+                 for by_arm in found.values() for seed in set(by_arm.get(one, {})) & set(by_arm.get(other, {}))]
+        if diffs:
+            p = paired(diffs)
+            interval = f"[{p.low:+.1f}, {p.high:+.1f}]" if p.n > 1 else "-"
+            lines.append(f"| {one} - {other} | {p.n} | {p.mean:+.1f} | {interval} | {p.wins}/{p.losses} |")
+    return lines
+
+
+def main(argv=None):
+    offline_and_quiet()
+    p = argparse.ArgumentParser(prog="python -m benchmarks.add_peers", description=__doc__.split("\n\n")[0])
+    p.add_argument("records", nargs="+", type=Path, help="results JSON of `benchmarks.run --parts main`")
+    p.add_argument("--out", type=Path, required=True, help="results JSON of the new runs (kept and added to)")
+    p.add_argument("--peers", type=peers, required=True, help="comma-separated: last_ranked, top:K, random:K")
+    p.add_argument("--seeds", type=integers, default=None, help="only the Flexora runs of these seeds (default: all)")
+    args = p.parse_args(argv)
+    records = {path: json.loads(path.read_text()) for path in args.records}
+    work = [(record_args(record, path), flexora_runs(record, path, args.seeds)) for path, record in records.items()]
+    first = next(iter(records.values()))
+    out = json.loads(args.out.read_text()) if args.out.exists() else {
+        "meta": {**first["meta"], "added_to": [str(p) for p in args.records]}, **{part: [] for part in Results.PARTS}}
+    done = {run["key"] for run in out["runs"]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for run_args, runs in work:
+        harness = None
+        for flexora in runs:
+            for spec in args.peers:
+                arm, blocks = peer_blocks(spec, flexora)
+                if f"{flexora['task']}/{flexora['regime']}/{arm}/{flexora['seed']}" in done:
+                    continue
+                harness = harness or Harness(run_args)
+                out["runs"].append(harness.peer_run(flexora, arm, blocks))
+                write_json(args.out, out, indent=1)
+    arms = [peer_blocks(spec, work[0][1][0])[0] for spec in args.peers]
+    print(*peer_table(report.combined([*records.values(), out]), arms), sep="\n")
+    print(f"runs in {args.out}: {len(out['runs'])}")
+
+
+if __name__ == "__main__":
+    main()
