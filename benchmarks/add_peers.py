@@ -37,14 +37,14 @@ def peers(text: str) -> list[str]:
     return specs
 
 
-def peer_blocks(spec: str, flexora: dict) -> tuple[str, list[int]]:
-    """(arm, blocks) of a peer in a Flexora run's cell."""
+def peer_blocks(spec: str, flexora: dict) -> list[int]:
+    """The blocks of a peer in a Flexora run's cell; its arm is named `spec` with `_` for `:` (top_5, random_5)."""
     name, _, count = spec.partition(":")
     if name == "last_ranked":
-        return name, last_ranked(flexora["scores"], len(flexora["selected_layers"]))
+        return last_ranked(flexora["scores"], len(flexora["selected_layers"]))
     if name == "top":
-        return f"top_{count}", highest(flexora["scores"], int(count))
-    return f"random_{count}", random_blocks(flexora["seed"], 0, int(count))
+        return highest(flexora["scores"], int(count))
+    return random_blocks(flexora["seed"], 0, int(count))
 
 
 def record_args(record: dict, path) -> argparse.Namespace:
@@ -94,19 +94,18 @@ def main(argv=None):
     out = json.loads(args.out.read_text()) if args.out.exists() else {
         "meta": {**first["meta"], "added_to": [str(p) for p in args.records]}, **{part: [] for part in Results.PARTS}}
     done = {run["key"] for run in out["runs"]}
+    arms = {spec: spec.replace(":", "_") for spec in args.peers}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for run_args, runs in work:
         harness = None
         for flexora in runs:
-            for spec in args.peers:
-                arm, blocks = peer_blocks(spec, flexora)
+            for spec, arm in arms.items():
                 if f"{flexora['task']}/{flexora['regime']}/{arm}/{flexora['seed']}" in done:
                     continue
                 harness = harness or Harness(run_args)
-                out["runs"].append(harness.peer_run(flexora, arm, blocks))
+                out["runs"].append(harness.peer_run(flexora, arm, peer_blocks(spec, flexora)))
                 write_json(args.out, out, indent=1)
-    arms = [peer_blocks(spec, work[0][1][0])[0] for spec in args.peers]
-    print(*peer_table(report.combined([*records.values(), out]), arms), sep="\n")
+    print(*peer_table(report.combined([*records.values(), out]), list(arms.values())), sep="\n")
     print(f"runs in {args.out}: {len(out['runs'])}")
 
 

@@ -3,7 +3,8 @@
     python -m benchmarks.run --profile quick   # smoke run of every part (minutes)
     python -m benchmarks.run --profile dev     # one task per regime, 2 seeds, planted blocks (<= 30 min on 2 cores)
     python -m benchmarks.run --profile full    # the README's table (measured 135 min quiet on 2 cores, bf16, before
-                                               # the lowest-blocks peer added 16 fine-tunes, 55-90 s each there)
+                                               # the lowest-blocks and last-ranked peers added 16 fine-tunes each,
+                                               # 55-90 s each there)
     python -m benchmarks.run --profile full --resume   # finish an interrupted run
 
 For every task, regime and seed, with the same data, data order, steps and LoRA settings: LoRA on all blocks (TRL
