@@ -3,12 +3,12 @@ blocks learns better whoever picks it; so a selection's edge over random blocks 
 
     python -m benchmarks.depth_effect [results.json ...]   # default: the committed full run; several: one run
 
-Within each (task, regime, seed) cell of a main part, every run on a subset of the blocks (Flexora, each random draw,
-Spectrum, the lowest blocks, the blocks Flexora's score ranks last) gives its accuracy and the mean index of its
-blocks, both minus the cell's mean over those runs. One least-squares fit per regime (and over both): accuracy = slope x depth + one term per arm other than
-random. The slope is what a block lower in the stack is worth (negative: lower is better); an arm's term is what it
-adds beyond the depth it keeps, against random draws of the same count; each with its standard error (the fit's
-ordinary one: runs of a cell share the test items, so read it as rough).
+Within each (task, regime, seed) cell of a main part, every run on a subset of the blocks (Flexora, each random
+draw, Spectrum, the lowest blocks, the blocks Flexora's score ranks last) gives its accuracy and the mean index of
+its blocks, both minus the cell's mean over those runs. One least-squares fit per regime (and over both): accuracy =
+slope x depth + one term per arm other than random. The slope is what a block lower in the stack is worth (negative:
+lower is better); an arm's term is what it adds beyond the depth it keeps, against random draws of the same count;
+each with its standard error (the fit's ordinary one: runs of a cell share the test items, so read it as rough).
 """
 
 from __future__ import annotations

@@ -276,6 +276,16 @@ def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records(fo
     assert f"slope of {slope} points per block, the lowest blocks {lowest} beyond" in text
 
 
+def test_top_k_figures_in_the_benchmark_readme_are_the_committed_records():
+    """The score's top 10 against 10 random blocks (benchmarks.add_peers) in the new tasks' overfit cells."""
+    from benchmarks.add_peers import peer_table
+
+    parts = sorted((RESULTS.parent / "new-tasks-overfit").glob("*.json"))
+    table = peer_table(report.combined([json.loads(path.read_text()) for path in parts]), ["top_10", "random_10"])
+    assert len(table) == 7 and "| top_10 - random_10 | 8 |" in table[-1]
+    assert "\n".join(table) in BENCHMARK_README.read_text()
+
+
 def test_generated_tasks_overfit_rates_in_the_benchmark_readme_follow_the_regimes_rule():
     """Each probe's rise is read from its own held-out losses and is the README's, and the rate named is the lowest
     whose rise is beyond noise."""
