@@ -251,7 +251,8 @@ def test_results_on_other_seeds_or_tasks_are_read_as_one_run():
 @pytest.mark.parametrize("folder, regime, tasks", [
     ("depth-peer", "learn", ("addition", "middle_number")),
     ("depth-peer-overfit", "overfit", ("addition", "middle_number")),
-    ("new-tasks-overfit", "overfit", ("count_words", "largest_number", "multiplication", "next_number"))])
+    ("new-tasks-overfit", "overfit", ("count_words", "largest_number", "multiplication", "next_number")),
+    ("new-tasks-learn", "learn", ("count_words", "largest_number", "multiplication", "next_number"))])
 def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records(folder, regime, tasks):
     from benchmarks.depth_effect import table
 
