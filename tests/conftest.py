@@ -13,6 +13,17 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from tiny import make_examples, save_tiny_model  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """A benchmark's `main()` sets its own environment in this process (`benchmarks.run.offline_and_quiet`, e.g.
+    transformers' verbosity `error`); later tests' subprocesses (`axolotl train`, whose output they read) must not
+    inherit it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     """A 4-block Llama (hidden 64) with a BPE tokenizer and a chat template, saved like a local checkpoint."""
