@@ -71,8 +71,7 @@ def peer_table(results: dict, arms: list[str]) -> list[str]:
               if arm.startswith("top_") and "random_" + arm.removeprefix("top_") in arms]
     lines = ["| accuracy, points | cells | mean | 95 % interval | wins/losses |", "|---|---|---|---|---|"]
     for one, other in pairs:
-        diffs = [100 * (by_arm[one][seed]["accuracy"] - by_arm[other][seed]["accuracy"])
-                 for by_arm in found.values() for seed in set(by_arm.get(one, {})) & set(by_arm.get(other, {}))]
+        diffs = [100 * d for by_arm in found.values() for d in report.paired_differences(by_arm, other, minuend=one)]
         if diffs:
             p = paired(diffs)
             interval = f"[{p.low:+.1f}, {p.high:+.1f}]" if p.n > 1 else "-"

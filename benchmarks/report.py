@@ -80,11 +80,11 @@ def ordered_cells(results):
     return [(t, r) for t in tasks for r in REGIMES if (t, r) in found], found
 
 
-def paired_differences(arms, peer, metric="accuracy"):
-    """Flexora minus `peer`, seed by seed (only seeds both arms have)."""
-    flexora, other = arms.get("flexora", {}), arms.get(peer, {})
-    return [flexora[s][metric] - other[s][metric] for s in sorted(set(flexora) & set(other), key=str)
-            if flexora[s].get(metric) is not None and other[s].get(metric) is not None]
+def paired_differences(arms, peer, metric="accuracy", minuend="flexora"):
+    """`minuend` (Flexora by default) minus `peer`, seed by seed (only seeds both arms have)."""
+    first, other = arms.get(minuend, {}), arms.get(peer, {})
+    return [first[s][metric] - other[s][metric] for s in sorted(set(first) & set(other), key=str)
+            if first[s].get(metric) is not None and other[s].get(metric) is not None]
 
 
 def _time_ratio(run, base):
