@@ -453,8 +453,9 @@ class Harness:
         runs.append(self.regime_run(f"{base}/lowest/{seed}", task_name, regime, seed, "lowest",
                                     layers=list(range(count))))
         # The other end of the score's order: if the order carries accuracy, Flexora minus this is larger than
-        # Flexora minus random blocks, on the same noise.
-        runs.append(self.peer_run(flexora, "last_ranked", last_ranked(flexora["scores"], count)))
+        # Flexora minus random blocks, on the same noise. No search (`selected_layers` given): no order, no peer.
+        if flexora["scores"]:
+            runs.append(self.peer_run(flexora, "last_ranked", last_ranked(flexora["scores"], count)))
 
     def peer_run(self, flexora: dict, arm: str, blocks: list[int]) -> dict:
         """LoRA on `blocks`, in the cell (task, regime, seed) of a Flexora run: its data, steps and seed."""
