@@ -284,9 +284,9 @@ def test_top_k_figures_in_the_benchmark_readme_are_the_committed_records(folder,
     from benchmarks.add_peers import peer_table
 
     parts = sorted((RESULTS.parent / folder).glob("*.json"))
-    top, random = f"top_{count}", f"random_{count}"
-    table = peer_table(report.combined([json.loads(path.read_text()) for path in parts]), [top, random])
-    assert len(table) == 7 and f"| {top} - {random} | 8 |" in table[-1]
+    top, drawn = f"top_{count}", f"random_{count}"
+    table = peer_table(report.combined([json.loads(path.read_text()) for path in parts]), [top, drawn])
+    assert len(table) == 7 and f"| {top} - {drawn} | 8 |" in table[-1]
     assert "\n".join(table) in BENCHMARK_README.read_text()
 
 
