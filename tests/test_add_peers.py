@@ -38,7 +38,8 @@ def test_a_record_without_its_command_or_scores_stops_before_any_training(tmp_pa
 
 @pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3"])
 def test_a_peer_that_is_not_one_of_the_three_kinds_is_refused(spec):
-    with pytest.raises(argparse.ArgumentTypeError, match="last_ranked, top:K or random:K with K from 1 to 29"):
+    message = "a peer is last_ranked, top:K or random:K with K from 1 to 29"
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
         peers(f"last_ranked,{spec}")
 
 
