@@ -98,12 +98,49 @@ def _repeated_word(rng) -> tuple[str, list[str], int]:
     return f"Which word appears twice: {', '.join(listed)}?\nAnswer:", *_shuffled(rng, words[0], words[1:])
 
 
+def _subtraction(rng) -> tuple[str, list[str], int]:
+    a = int(rng.integers(50, 200))
+    b = int(rng.integers(10, a))
+    # Near misses in the units and the tens digit, as for addition (a borrow is where a slip happens).
+    return f"What is {a} - {b}?\nAnswer:", *_near_misses(rng, a - b, [-11, -10, -9, -1, 1, 9, 10, 11])
+
+
+def _digit_sum(rng) -> tuple[str, list[str], int]:
+    number = int(rng.integers(10000, 100000))
+    return (f"What is the sum of the digits of {number}?\nAnswer:",
+            *_near_misses(rng, sum(int(d) for d in str(number)), [-2, -1, 1, 2]))
+
+
+def _even_count(rng) -> tuple[str, list[str], int]:
+    """Five numbers, 0 to 5 of them even; the other choices are three other counts from 0 to 5."""
+    numbers = [int(v) for v in rng.choice(np.arange(10, 100), size=5, replace=False)]
+    count = sum(n % 2 == 0 for n in numbers)
+    others = [int(c) for c in rng.choice([c for c in range(6) if c != count], size=3, replace=False)]
+    return (f"How many of these numbers are even: {', '.join(map(str, numbers))}?\nAnswer:",
+            *_shuffled(rng, count, others))
+
+
+def _rounding(rng) -> tuple[str, list[str], int]:
+    """A five-digit number to the nearest hundred, among the hundred on its other side, one beyond and its nearest ten."""
+    number = int(rng.integers(10000, 100000))
+    if number % 100 in (0, 50):  # no tie and no choice equal to another
+        number += 1
+    nearest, floor = int(round(number, -2)), number // 100 * 100
+    other = floor + 100 if nearest == floor else floor
+    ten = int(round(number, -1))
+    extra = nearest + 100 if other < nearest else nearest - 100
+    choices = [ten] if ten not in (nearest, other) else [nearest + 200]
+    return (f"What is {number} rounded to the nearest hundred?\nAnswer:",
+            *_shuffled(rng, nearest, [other, extra, *choices]))
+
+
 # name: (generator, its stream of the fixed seed); a new task takes a new stream, so the others' examples stay.
 GENERATORS = {"addition": (_addition, 0), "alphabetical_first": (_alphabetical_first, 1),
               "middle_number": (_middle_number, 2), "odd_number": (_odd_number, 3),
               "count_words": (_count_words, 4), "next_number": (_next_number, 5),
               "multiplication": (_multiplication, 6), "largest_number": (_largest_number, 7),
-              "repeated_word": (_repeated_word, 8)}
+              "repeated_word": (_repeated_word, 8), "subtraction": (_subtraction, 9),
+              "digit_sum": (_digit_sum, 10), "even_count": (_even_count, 11), "rounding": (_rounding, 12)}
 SIZE = 12000  # draws per task; repeated prompts are dropped (addition keeps 8,979)
 
 
