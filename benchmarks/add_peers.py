@@ -6,7 +6,8 @@ trained as the record's own command trained that cell, so they pair with its Fle
     python -m benchmarks.report RECORD.json OUT.json      # Flexora minus the last-ranked blocks, paired by seed
 
 Peers: `last_ranked` (the blocks the score ranks last, as many as Flexora kept: the main part's peer, for records made
-before it had it), `top:K` (the score's K highest blocks: a rule keeping K) and `random:K` (K random blocks, the
+before it had it), `positive` (the blocks the score's own `positive` rule keeps: for a run whose count came from
+elsewhere, e.g. `selection_count_score`, the selection it would have made without), `top:K` (the score's K highest blocks: a rule keeping K) and `random:K` (K random blocks, the
 main part's first draw at that count). Settings (profile, learning rates, precision, lengths) are parsed back from
 each record's `meta.command`. OUT.json holds the first record's meta and the new runs only; it is written after every
 run, a run already in it is not made again, and the table at the end pairs every new arm by cell.
@@ -19,6 +20,9 @@ import json
 import shlex
 from pathlib import Path
 
+from flexora_trl.options import FlexoraArguments
+from flexora_trl.selection import choose_blocks
+
 from . import report
 from .run import (NUM_BLOCKS, Harness, Results, highest, integers, last_ranked, offline_and_quiet, parse_args,
                   random_blocks, write_json)
@@ -26,14 +30,14 @@ from .stats import paired
 
 
 def peers(text: str) -> list[str]:
-    """`--peers`: last_ranked, top:K or random:K, comma-separated."""
+    """`--peers`: last_ranked, positive, top:K or random:K, comma-separated."""
     specs = text.split(",")
     for spec in specs:
         name, colon, count = spec.partition(":")
-        if not ((name == "last_ranked" and not colon) or (name in ("top", "random") and count.isdigit()
-                                                           and 1 <= int(count) < NUM_BLOCKS)):
-            raise argparse.ArgumentTypeError(f"{spec!r}: a peer is last_ranked, top:K or random:K with K from 1 to "
-                                             f"{NUM_BLOCKS - 1}")
+        if not ((name in ("last_ranked", "positive") and not colon) or (name in ("top", "random") and count.isdigit()
+                                                                        and 1 <= int(count) < NUM_BLOCKS)):
+            raise argparse.ArgumentTypeError(f"{spec!r}: a peer is last_ranked, positive, top:K or random:K with K "
+                                             f"from 1 to {NUM_BLOCKS - 1}")
     return specs
 
 
@@ -42,6 +46,8 @@ def peer_blocks(spec: str, flexora: dict) -> list[int]:
     name, _, count = spec.partition(":")
     if name == "last_ranked":
         return last_ranked(flexora["scores"], len(flexora["selected_layers"]))
+    if name == "positive":  # the package's own rule with its default bounds
+        return choose_blocks({int(block): value for block, value in flexora["scores"].items()}, FlexoraArguments())
     if name == "top":
         return highest(flexora["scores"], int(count))
     return random_blocks(flexora["seed"], 0, int(count))
@@ -84,7 +90,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.add_peers", description=__doc__.split("\n\n")[0])
     p.add_argument("records", nargs="+", type=Path, help="results JSON of `benchmarks.run --parts main`")
     p.add_argument("--out", type=Path, required=True, help="results JSON of the new runs (kept and added to)")
-    p.add_argument("--peers", type=peers, required=True, help="comma-separated: last_ranked, top:K, random:K")
+    p.add_argument("--peers", type=peers, required=True, help="comma-separated: last_ranked, positive, top:K, random:K")
     p.add_argument("--seeds", type=integers, default=None, help="only the Flexora runs of these seeds (default: all)")
     args = p.parse_args(argv)
     records = {path: json.loads(path.read_text()) for path in args.records}

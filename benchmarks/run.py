@@ -88,6 +88,7 @@ PROFILES = {
                  long=dict(task="hyperbaton", steps=300), speed_steps=12),
 }
 BATCH = 8
+MAIN_PEERS = ("random", "spectrum", "lowest", "last_ranked")  # LoRA on Flexora's count of blocks, chosen otherwise
 CURVE_EXAMPLES = 64  # test examples scored after every epoch for the overfitting curve (its shape, cheaply)
 
 
@@ -97,6 +98,15 @@ def integers(text: str) -> list[int]:
         return [int(item) for item in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"give comma-separated integers, e.g. 0,1,2 (got {text!r})") from None
+
+
+def main_peers(text: str) -> list[str]:
+    """argparse type of --main-peers: a comma-separated subset of MAIN_PEERS."""
+    names = text.split(",") if text else []
+    unknown = [name for name in names if name not in MAIN_PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {', '.join(unknown)}: choose from {','.join(MAIN_PEERS)}")
+    return names
 
 
 def json_object(text: str) -> dict:
@@ -163,6 +173,9 @@ def parse_args(argv=None):
                         "results.json used greedy (see benchmarks/README.md)")
     p.add_argument("--parts", help="comma-separated parts to run: main,linear,planted,budget,long,speed "
                                    "(default: all of the profile's)")
+    p.add_argument("--main-peers", type=main_peers, default=list(MAIN_PEERS),
+                   help="comma-separated peers of Flexora's count in the main part (default: all, "
+                        f"{','.join(MAIN_PEERS)}); fewer for a study that needs only some, at less cost")
     p.add_argument("--flexora-options", type=json_object, default={},
                    help="JSON object of Flexora options applied to every Flexora run (e.g. to try a variant); "
                         "recorded in the results")
@@ -392,6 +405,7 @@ class Harness:
         if record:
             result.update(alpha=record.get("alpha"), scores=record.get("scores"),
                           score_stderr=record.get("score_stderr"), score_batches=record.get("score_batches"),
+                          count_scores=record.get("count_scores"), count_stderr=record.get("count_stderr"),
                           selection_score=record.get("selection_score"),
                           score_seconds=record.get("score_seconds"),
                           score_separation=record.get("score_separation"),
@@ -442,19 +456,22 @@ class Harness:
                                   flexora_opts=self.flexora_opts(**search))
         runs.append(flexora)
         count = len(flexora["selected_layers"])
-        for draw in range(self.profile["random_draws"]):
+        peers = self.args.main_peers
+        for draw in range(self.profile["random_draws"] if "random" in peers else 0):
             runs.append(self.regime_run(f"{base}/random/{seed}/{draw}", task_name, regime, seed, "random",
                                         layers=random_blocks(seed, draw, count), draw=draw))
-        start = time.perf_counter()  # the paper's score (normalised by the largest singular value), as published
-        blocks = spectrum_blocks(load_base(self.model_dir), LORA["target_modules"], count, normalize=True)
-        seconds = time.perf_counter() - start
-        runs.append(self.regime_run(f"{base}/spectrum/{seed}", task_name, regime, seed, "spectrum", layers=blocks,
-                                    selector_seconds=round(seconds, 2)))
-        runs.append(self.regime_run(f"{base}/lowest/{seed}", task_name, regime, seed, "lowest",
-                                    layers=list(range(count))))
+        if "spectrum" in peers:
+            start = time.perf_counter()  # the paper's score (normalised by the largest singular value), as published
+            blocks = spectrum_blocks(load_base(self.model_dir), LORA["target_modules"], count, normalize=True)
+            seconds = time.perf_counter() - start
+            runs.append(self.regime_run(f"{base}/spectrum/{seed}", task_name, regime, seed, "spectrum",
+                                        layers=blocks, selector_seconds=round(seconds, 2)))
+        if "lowest" in peers:
+            runs.append(self.regime_run(f"{base}/lowest/{seed}", task_name, regime, seed, "lowest",
+                                        layers=list(range(count))))
         # The other end of the score's order: if the order carries accuracy, Flexora minus this is larger than
         # Flexora minus random blocks, on the same noise. No search (`selected_layers` given): no order, no peer.
-        if flexora["scores"]:
+        if "last_ranked" in peers and flexora["scores"]:
             runs.append(self.peer_run(flexora, "last_ranked", last_ranked(flexora["scores"], count)))
 
     def peer_run(self, flexora: dict, arm: str, blocks: list[int]) -> dict:

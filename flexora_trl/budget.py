@@ -73,20 +73,28 @@ def inner_step_cost(options, args) -> float:
 
 
 def score_cost(options, args, candidates: int, validation_samples: int | None = None) -> float:
-    """The score's own cost after the search, in fine-tune steps (SCORE_STEP_COST): `score_val_batches` validation
-    batches, or as many as `validation_samples` fill on each process if that is fewer (the score takes no batch
-    twice); with `score_early_stop`, or `forward` under `positive`, the most it can cost."""
-    per_batch, per_candidate = SCORE_STEP_COST.get(options.selection_score, (0.0, 0.0))
+    """The scores' own cost after the search, in fine-tune steps (SCORE_STEP_COST): `selection_score`'s pass and
+    `selection_count_score`'s, each on `score_val_batches` validation batches, or as many as `validation_samples`
+    fill on each process if that is fewer (a score takes no batch twice); with `score_early_stop`, or `forward` under
+    `positive`, the most it can cost."""
     count = options.score_val_batches
     if validation_samples is not None:
         count = min(count, math.ceil(validation_samples / (args.per_device_eval_batch_size * args.world_size)))
     batches = count * args.per_device_eval_batch_size / (
         args.per_device_train_batch_size * args.gradient_accumulation_steps)
-    if options.selection_score != "forward":
-        return batches * (per_batch + per_candidate * candidates)
-    # `forward`: a round per block it may add, each over the blocks still off (`positive`: at most every block)
-    rounds = most_kept(options, candidates)
-    return batches * sum(per_batch + per_candidate * (candidates - done) for done in range(rounds))
+    cost = _pass_cost(options.selection_score, candidates, most_kept(options, candidates))
+    if options.selection_count_score is not None:  # counted under `positive`: forward may add every block
+        cost += _pass_cost(options.selection_count_score, candidates, candidates)
+    return batches * cost
+
+
+def _pass_cost(score: str, candidates: int, rounds: int) -> float:
+    """One score's pass on one batch, in fine-tune batches; `forward` takes a round per block it may add (`rounds`),
+    each over the blocks still off."""
+    per_batch, per_candidate = SCORE_STEP_COST.get(score, (0.0, 0.0))
+    if score != "forward":
+        return per_batch + per_candidate * candidates
+    return sum(per_batch + per_candidate * (candidates - done) for done in range(rounds))
 
 
 def plan_search(options, args, planned: int, available: int, candidates: int,

@@ -190,6 +190,17 @@ class FlexoraArguments:
                   "> 0, i.e. gate above the mean, the paper); `top_k` = the `selection_top_k` highest scores; "
                   "`top_fraction` = the highest `selection_top_fraction` of the blocks."},
     )
+    selection_count_score: Optional[str] = field(
+        default=None,
+        metadata={"help": "Let a score with a natural zero set how many blocks are kept, and `selection_score` which: "
+                  "one of the scores measured after the search (`final_taylor`, `ablation`, `insertion`, `banzhaf`, "
+                  "`forward`) counts the blocks whose LoRA lowers the validation loss (its `positive` rule), and the "
+                  "selection keeps that many of `selection_score`'s highest. The gate's `positive` rule keeps about "
+                  "half the blocks by construction, whether the fine-tune still learns (where more blocks help) or "
+                  "overfits; a count from the held-out loss follows the data. Needs `selection_rule: positive` (the "
+                  "count replaces the rule's); its pass is counted in the search's budget and the record gives its "
+                  "per-block figures (`count_scores`). None (the default): the rule alone decides."},
+    )
     selection_top_k: Optional[int] = field(
         default=None, metadata={"help": "Number of blocks kept by `selection_rule='top_k'`."}
     )
@@ -267,6 +278,14 @@ class FlexoraArguments:
         _check_int(self, "selection_top_k", minimum=1, optional=True)
         _check_int(self, "selection_min_layers", minimum=1)
         _check_int(self, "selection_max_layers", minimum=1, optional=True)
+        if self.selection_count_score is not None:
+            _check_choice(self, "selection_count_score", AFTER_SEARCH_SCORES)
+            if self.selection_rule != "positive":
+                raise ValueError(f"`selection_count_score` sets how many blocks are kept, so it needs selection_rule="
+                                 f"'positive' (got {self.selection_rule!r}): give one or the other.")
+            if self.score_early_stop or self.search_patience is not None:
+                raise ValueError("`selection_count_score` does not go with `score_early_stop` or `search_patience`: "
+                                 "both follow the selection rule's boundary, and the count replaces it.")
         if self.selection_rule == "top_k" and self.selection_top_k is None:
             raise ValueError("selection_rule='top_k' needs `selection_top_k` (an integer >= 1).")
         if self.selection_rule == "top_fraction":

@@ -19,7 +19,8 @@ PLOT_NAME = "flexora_gates.png"
 FORMAT_VERSION = 2
 _VERSIONED = ("flexora", "torch", "transformers", "trl", "peft", "accelerate", "axolotl")
 # {block: value}, with string keys in the JSON
-_PER_BLOCK = ("alpha", "gates", "scores", "score_stderr", "score_batches", "lora_norms")
+_PER_BLOCK = ("alpha", "gates", "scores", "score_stderr", "score_batches", "count_scores", "count_stderr",
+              "lora_norms")
 
 
 def package_versions() -> dict[str, str]:
@@ -56,6 +57,9 @@ class SelectionRecord:
     score_stderr: dict[int, float] | None = None
     score_batches: dict[int, int] | None = None  # validation batches behind each score (taylor: all outer steps')
     score_separation: dict | None = None
+    # `selection_count_score`: the score whose blocks above zero set how many are kept, and its spread
+    count_scores: dict[int, float] | None = None
+    count_stderr: dict[int, float] | None = None
     group_sparsity_strength: float | None = None  # `search_group_sparsity`: the penalty's measured strength
     lora_norms: dict[int, float] | None = None  # and each block's LoRA B norm at the end of the search
     search_samples: int | None = None
@@ -80,11 +84,12 @@ class SelectionRecord:
             gates={b: round(g, 6) for b, g in result.gates.items()},
             alpha_trajectory=[[round(a, 6) for a in row] for row in result.trajectory],
             selection_score=given["options"]["selection_score"],
-            scores={b: round(v, 6) for b, v in result.scores.items()},
-            score_stderr={b: round(v, 6) for b, v in result.score_stderr.items()}, score_batches=result.score_batches,
+            scores=_rounded(result.scores), score_stderr=_rounded(result.score_stderr),
+            score_batches=result.score_batches,
             score_separation={k: round(v, 6) if isinstance(v, float) else v for k, v in split.items()},
+            count_scores=_rounded(result.count_scores), count_stderr=_rounded(result.count_stderr),
             group_sparsity_strength=result.group_sparsity_strength,
-            lora_norms=None if result.lora_norms is None else {b: round(v, 6) for b, v in result.lora_norms.items()},
+            lora_norms=_rounded(result.lora_norms),
             search_samples=plan.samples, search_plan=plan.as_dict(), search_inner_steps=result.inner_steps,
             search_outer_steps=result.outer_steps, search_warmup_steps=result.warmup_steps,
             search_settled_at=result.settled_at, search_stopped_early=result.stopped_early,
@@ -204,6 +209,10 @@ class SelectionRecord:
         figure.savefig(path, dpi=100)
         plt.close(figure)
         return path
+
+
+def _rounded(per_block: dict[int, float] | None) -> dict[int, float] | None:
+    return None if per_block is None else {block: round(value, 6) for block, value in per_block.items()}
 
 
 def read_selection(path: str) -> list[int]:

@@ -43,6 +43,8 @@ class SearchResult:
     scores: dict[int, float] = field(default_factory=dict)  # by `selection_score`; alpha for the gate score
     score_stderr: dict[int, float] = field(default_factory=dict)
     score_batches: dict[int, int] | None = None  # validation batches behind each block's score (None for the gate)
+    count_scores: dict[int, float] | None = None  # by `selection_count_score`: its blocks above zero set the count
+    count_stderr: dict[int, float] | None = None
     group_sparsity_strength: float | None = None  # `search_group_sparsity`'s penalty strength, once measured
     lora_norms: dict[int, float] | None = None  # each block's LoRA B norm after a search with that penalty
 
@@ -213,6 +215,9 @@ class GateSearch:
             score_start = time.perf_counter()
             scores = self.score.result(self, result.trajectory, val_loader)
             result.scores, result.score_stderr, result.score_batches = scores.scores, scores.stderr, scores.batches
+            if self.options.selection_count_score is not None:
+                counted = get_score(self.options.selection_count_score).result(self, result.trajectory, val_loader)
+                result.count_scores, result.count_stderr = counted.scores, counted.stderr
             result.score_seconds = time.perf_counter() - score_start
         result.seconds = time.perf_counter() - start
         result.alpha = self.gates.as_dict()

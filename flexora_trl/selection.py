@@ -11,12 +11,21 @@ from .options import FlexoraArguments
 logger = logging.getLogger(__name__)
 
 
-def _by_rule(scores: dict[int, float], options: FlexoraArguments) -> tuple[list[int], list[int]]:
-    """All blocks ranked (ties towards the lower index), and those `selection_rule` keeps before the bounds."""
+def _by_rule(scores: dict[int, float], options: FlexoraArguments, count: int | None = None
+             ) -> tuple[list[int], list[int]]:
+    """All blocks ranked (ties towards the lower index), and those kept before the bounds: `count` of them when a
+    count is given (`selection_count_score`), else as `selection_rule` says."""
     ranked = sorted(scores, key=lambda block: (-scores[block], block))
+    if count is not None:
+        return ranked, ranked[:count]
     if options.selection_rule == "positive":
         return ranked, [block for block in ranked if scores[block] > 0]
     return ranked, ranked[: _rule_count(options, len(ranked))]
+
+
+def positive_count(count_scores: dict[int, float] | None) -> int | None:
+    """How many blocks `selection_count_score` counts: those whose score is above zero (None without that score)."""
+    return None if count_scores is None else sum(value > 0 for value in count_scores.values())
 
 
 def _rule_count(options: FlexoraArguments, count: int) -> int | None:
@@ -28,9 +37,10 @@ def _rule_count(options: FlexoraArguments, count: int) -> int | None:
     return None
 
 
-def choose_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[int]:
-    """Apply `selection_rule`, then the min/max bounds (quietly: also used while the search runs)."""
-    ranked, chosen = _by_rule(scores, options)
+def choose_blocks(scores: dict[int, float], options: FlexoraArguments, count: int | None = None) -> list[int]:
+    """Apply `selection_rule` (or keep the `count` highest), then the min/max bounds (quietly: also used while the
+    search runs)."""
+    ranked, chosen = _by_rule(scores, options, count)
     if len(chosen) < min(options.selection_min_layers, len(ranked)):
         chosen = ranked[: options.selection_min_layers]
     if options.selection_max_layers is not None:
@@ -61,17 +71,23 @@ def boundary(scores: dict[int, float], options: FlexoraArguments) -> float | Non
     return (min(scores[b] for b in kept) + max(scores[b] for b in dropped)) / 2
 
 
-def select_blocks(scores: dict[int, float], options: FlexoraArguments) -> list[int]:
-    """`choose_blocks`, saying in the log when the min/max bounds changed what the rule kept."""
-    ranked, kept = _by_rule(scores, options)
+def select_blocks(scores: dict[int, float], options: FlexoraArguments,
+                  count_scores: dict[int, float] | None = None) -> list[int]:
+    """`choose_blocks`, with the count from `count_scores` when given, saying in the log what set the count and when
+    the min/max bounds changed it."""
+    count = positive_count(count_scores)
+    if count is not None:
+        logger.info("Flexora: %d of %d blocks' LoRA lower the validation loss by %s; keeping the %d highest by %s.",
+                    count, len(count_scores), options.selection_count_score, count, options.selection_score)
+    ranked, kept = _by_rule(scores, options, count)
     if len(kept) < min(options.selection_min_layers, len(ranked)):
         logger.warning(
             "Flexora: the %s rule kept %d block(s); `selection_min_layers=%d` fills up with the highest scores.",
-            options.selection_rule, len(kept), options.selection_min_layers,
+            options.selection_rule if count is None else "count", len(kept), options.selection_min_layers,
         )
     elif options.selection_max_layers is not None and len(kept) > options.selection_max_layers:
         logger.info("Flexora: `selection_max_layers=%d` drops the lowest scores.", options.selection_max_layers)
-    return choose_blocks(scores, options)
+    return choose_blocks(scores, options, count)
 
 
 def separation(scores: dict[int, float], stderr: dict[int, float], selected: list[int]) -> dict:

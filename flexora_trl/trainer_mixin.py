@@ -137,7 +137,7 @@ class FlexoraTrainerMixin:
             )
         for buffer in getattr(self, "_metrics", {}).values():  # TRL's per-step metric buffers: a clean fine-tune log
             buffer.clear()
-        selected = select_blocks(result.scores, options)
+        selected = select_blocks(result.scores, options, result.count_scores)
         selected = broadcast_object_list([selected])[0] if args.world_size > 1 else selected
         split = separation(result.scores, result.score_stderr, selected)
         log_scores(options.selection_score, result, selected, split)

@@ -1,4 +1,5 @@
-"""More peers in a record's cells: the blocks a Flexora run's score ranks last, its top K, random K."""
+"""More peers in a record's cells: the blocks a Flexora run's score ranks last, its positive rule's, its top K,
+random K."""
 
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ def test_a_record_without_its_command_or_scores_stops_before_any_training(tmp_pa
     assert not (tmp_path / "out.json").exists()
 
 
-@pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3"])
-def test_a_peer_that_is_not_one_of_the_three_kinds_is_refused(spec):
-    message = "a peer is last_ranked, top:K or random:K with K from 1 to 29"
+@pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3", "positive:3"])
+def test_a_peer_that_is_not_one_of_the_four_kinds_is_refused(spec):
+    message = "a peer is last_ranked, positive, top:K or random:K with K from 1 to 29"
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         peers(f"last_ranked,{spec}")
 
@@ -53,10 +54,11 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     flexora = next(r for r in record["runs"] if r["arm"] == "flexora" and r["seed"] == 0)
     kept, scores = len(flexora["selected_layers"]), {int(b): s for b, s in flexora["scores"].items()}
     out, call = tmp_path / "peers.json", [str(quick), "--out", str(tmp_path / "peers.json"), "--seeds", "0",
-                                          "--peers", f"last_ranked,top:3,random:{kept}"]
+                                          "--peers", f"last_ranked,top:3,random:{kept},positive"]
     main(call)
     runs = {run["arm"]: run for run in json.loads(out.read_text())["runs"]}
-    assert sorted(runs) == ["last_ranked", f"random_{kept}", "top_3"]
+    assert sorted(runs) == ["last_ranked", "positive", f"random_{kept}", "top_3"]
+    assert runs["positive"]["selected_layers"] == flexora["selected_layers"]  # a default run: its own selection
     last, top = runs["last_ranked"]["selected_layers"], runs["top_3"]["selected_layers"]
     assert runs["last_ranked"]["key"] == "next_number/overfit/last_ranked/0" and len(last) == kept
     assert max(scores[b] for b in last) <= min(s for b, s in scores.items() if b not in last)
@@ -72,4 +74,4 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     written = out.read_bytes()
     main(call)
     assert out.read_bytes() == written
-    assert f"runs in {out}: 3" in capsys.readouterr().out
+    assert f"runs in {out}: 4" in capsys.readouterr().out

@@ -83,3 +83,31 @@ def test_the_gold_word_is_the_one_listed_twice_and_one_choice_is_not_listed():
     for prompt, choices, answer in generated_examples("repeated_word"):
         listed = prompt.split(": ", 1)[1].split("?")[0].split(", ")
         assert sorted(listed.count(c) for c in choices) == [0, 1, 1, 2] and listed.count(choices[answer]) == 2
+
+
+def test_the_gold_difference_is_the_difference_and_no_other_choice_is():
+    for prompt, choices, answer in generated_examples("subtraction"):
+        a, b = (int(v) for v in prompt.removeprefix("What is ").split("?")[0].split(" - "))
+        assert [int(c) == a - b for c in choices] == [i == answer for i in range(4)] and len(set(choices)) == 4
+
+
+def test_the_gold_digit_sum_is_the_sum_of_the_digits_and_no_other_choice_is():
+    for prompt, choices, answer in generated_examples("digit_sum"):
+        number = prompt.removeprefix("What is the sum of the digits of ").split("?")[0]
+        assert [int(c) == sum(map(int, number)) for c in choices] == [i == answer for i in range(4)]
+        assert len(set(choices)) == 4
+
+
+def test_the_gold_count_is_the_number_of_even_numbers_listed():
+    for prompt, choices, answer in generated_examples("even_count"):
+        listed = [int(n) for n in prompt.split(": ", 1)[1].split("?")[0].split(", ")]
+        even = sum(n % 2 == 0 for n in listed)
+        assert [int(c) == even for c in choices] == [i == answer for i in range(4)] and len(set(choices)) == 4
+
+
+def test_the_gold_is_the_nearest_hundred_and_no_other_choice_is():
+    for prompt, choices, answer in generated_examples("rounding"):
+        number = int(prompt.removeprefix("What is ").split(" ")[0])
+        hundreds = [int(c) for c in choices if int(c) % 100 == 0]  # and the nearest ten, closer but not a hundred
+        assert int(choices[answer]) == min(hundreds, key=lambda h: abs(h - number)) and len(set(choices)) == 4
+        assert abs(int(choices[answer]) - number) < 50 and len(hundreds) >= 3

@@ -12,6 +12,7 @@ import torch
 
 from flexora_trl.gates import BlockGates
 from flexora_trl.hypergradient import FirstOrder
+from flexora_trl.record import SelectionRecord
 from flexora_trl.scores import AblationScore, BanzhafScore, FinalTaylorScore, InsertionScore, TaylorScore, summarise
 from flexora_trl.search import GateSearch
 from flexora_trl.search_data import search_dataloaders
@@ -276,6 +277,28 @@ def test_every_score_reaches_the_selection_and_the_record(score, tiny_llama_dir,
     assert record.selected_layers == expected
     assert isinstance(record.score_separation["separated"], bool)
     assert 0 <= record.score_seconds < record.search_seconds  # what the score took, apart from the steps
+
+
+def test_a_count_score_is_measured_after_the_search_and_sets_the_count(tiny_llama_dir, chat_examples, tmp_path):
+    """`selection_count_score`: the same search as without it, the count score measured on it as that score alone
+    would be (a run ranking by `final_taylor` gives the same figures), its blocks above zero set how many of the gate's
+    highest are kept, the plan counts its pass, and the saved record gives its per-block figures."""
+    runs = {}
+    for name, options in (("count", dict(selection_count_score="final_taylor")),
+                          ("alone", dict(selection_score="final_taylor"))):
+        runs[name] = flexora_trainer(
+            tiny_llama_dir, tmp_path / name, chat_examples[:48], search_samples=32, search_holdout_samples=16,
+            per_device_train_batch_size=4, per_device_eval_batch_size=4, search_val_batches=2, score_val_batches=2,
+            max_steps=1, **options)
+        runs[name].train()
+    record, alone = runs["count"].flexora_record, runs["alone"].flexora_record
+    assert record.alpha == alone.alpha  # the same search
+    assert record.count_scores == alone.scores and record.count_stderr == alone.score_stderr
+    count = max(1, sum(value > 0 for value in record.count_scores.values()))
+    assert record.selected_layers == sorted(sorted(record.alpha, key=lambda b: (-record.alpha[b], b))[:count])
+    assert alone.search_plan["score_cost"] > 0 and record.search_plan["score_cost"] == alone.search_plan["score_cost"]
+    saved = SelectionRecord.read(str(tmp_path / "count"))
+    assert saved.count_scores == record.count_scores and saved.selected_layers == record.selected_layers
 
 
 def test_separation_compares_the_boundary_with_its_noise():

@@ -44,6 +44,17 @@ def test_min_layers_beyond_the_candidates_keeps_all():
     assert select_blocks({0: -1.0, 1: 1.0}, rule(selection_min_layers=5)) == [0, 1]
 
 
+def test_a_count_score_sets_how_many_and_the_selection_score_which(caplog):
+    """`selection_count_score`: as many blocks as its scores above zero, the highest by the selection's own score
+    (here the gate's top 5, where its own `positive` rule keeps 3); the bounds still apply, and the log says it."""
+    counted = {0: 0.02, 1: 0.01, 2: -0.03, 3: 0.04, 4: 0.001, 5: 0.005}
+    with caplog.at_level(logging.INFO, logger="flexora_trl.selection"):
+        assert select_blocks(ALPHA, rule(selection_count_score="final_taylor"), counted) == [0, 1, 2, 4, 5]
+    assert "5 of 6 blocks' LoRA lower the validation loss by final_taylor; keeping the 5 highest by gate" in caplog.text
+    assert select_blocks(ALPHA, rule(selection_count_score="ablation"), {b: -1.0 for b in ALPHA}) == [0]  # min 1
+    assert select_blocks(ALPHA, rule(selection_count_score="ablation", selection_max_layers=2), counted) == [0, 4]
+
+
 def test_the_boundary_lies_between_the_kept_and_the_dropped_scores():
     """Halfway between the weakest kept and the strongest dropped score (top 2: 0.20 and 0.05); 0 where `positive`'s
     sign decided alone; halfway again where a bound moved the cut; none when a count keeps every block."""
@@ -71,6 +82,11 @@ def test_the_boundary_lies_between_the_kept_and_the_dropped_scores():
     (dict(score_early_stop="yes", selection_score="ablation"), "score_early_stop"),
     (dict(score_early_stop=True), "score_early_stop"),  # the gate score has no batches to stop
     (dict(score_early_stop=True, selection_score="forward"), "score_early_stop"),  # its rounds measure every block
+    (dict(selection_count_score="gate"), "selection_count_score.*'final_taylor'"),  # no natural zero to count by
+    (dict(selection_count_score="final_taylor", selection_rule="top_k", selection_top_k=2), "selection_count_score"),
+    (dict(selection_count_score="ablation", search_patience=3), "selection_count_score"),
+    (dict(selection_count_score="ablation", selection_score="ablation", score_early_stop=True),
+     "selection_count_score"),
     (dict(search_block_dropout=1.0), "search_block_dropout"),
     (dict(search_block_dropout=True), "search_block_dropout"),
     (dict(search_block_dropout=0.5, hypergradient="unrolled"), "search_block_dropout"),
