@@ -134,13 +134,25 @@ def _rounding(rng) -> tuple[str, list[str], int]:
             *_shuffled(rng, nearest, [other, extra, *choices]))
 
 
+def _longest_word(rng) -> tuple[str, list[str], int]:
+    """Four words of four different lengths; the gold is the longest."""
+    by_length = {}
+    for word in WORDS:
+        by_length.setdefault(len(word), []).append(word)
+    lengths = rng.choice(sorted(by_length), size=4, replace=False)
+    words = [str(rng.choice(by_length[length])) for length in lengths]
+    return (f"Which word is the longest: {', '.join(words)}?\nAnswer:", words,
+            int(np.argmax([len(w) for w in words])))
+
+
 # name: (generator, its stream of the fixed seed); a new task takes a new stream, so the others' examples stay.
 GENERATORS = {"addition": (_addition, 0), "alphabetical_first": (_alphabetical_first, 1),
               "middle_number": (_middle_number, 2), "odd_number": (_odd_number, 3),
               "count_words": (_count_words, 4), "next_number": (_next_number, 5),
               "multiplication": (_multiplication, 6), "largest_number": (_largest_number, 7),
               "repeated_word": (_repeated_word, 8), "subtraction": (_subtraction, 9),
-              "digit_sum": (_digit_sum, 10), "even_count": (_even_count, 11), "rounding": (_rounding, 12)}
+              "digit_sum": (_digit_sum, 10), "even_count": (_even_count, 11), "rounding": (_rounding, 12),
+              "longest_word": (_longest_word, 13)}
 SIZE = 12000  # draws per task; repeated prompts are dropped (addition keeps 8,979)
 
 

@@ -111,3 +111,9 @@ def test_the_gold_is_the_nearest_hundred_and_no_other_choice_is():
         hundreds = [int(c) for c in choices if int(c) % 100 == 0]  # and the nearest ten, closer but not a hundred
         assert int(choices[answer]) == min(hundreds, key=lambda h: abs(h - number)) and len(set(choices)) == 4
         assert abs(int(choices[answer]) - number) < 50 and len(hundreds) >= 3
+
+
+def test_the_gold_word_is_the_longest_and_no_other_choice_is_as_long():
+    for prompt, choices, answer in generated_examples("longest_word"):
+        lengths = [len(c) for c in choices]
+        assert lengths[answer] == max(lengths) and len(set(lengths)) == 4 and ", ".join(choices) in prompt
