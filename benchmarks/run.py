@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -669,7 +670,8 @@ def meta(args, profile):
                      "trl": trl.__version__, "peft": peft.__version__},
         "memory_method": "peak RSS of the process during the fine-tune phase (sampled every 20 ms from "
                          "/proc/self/statm, after gc + malloc_trim); growth = peak - RSS at fine-tune start",
-        "command": " ".join(["python -m benchmarks.run"] + sys.argv[1:]),
+        # shell-quoted, so that `add_peers` parses back a JSON --flexora-options as given
+        "command": "python -m benchmarks.run " + shlex.join(sys.argv[1:]),
     }
 
 

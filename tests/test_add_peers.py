@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks import report
-from benchmarks.add_peers import main, peers
-from benchmarks.run import last_ranked
+from benchmarks.add_peers import main, peers, record_args
+from benchmarks.run import last_ranked, meta, parse_args, profile_of
 
 RECORD = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "new-tasks-overfit" / "next_number.json"
 
@@ -35,6 +36,17 @@ def test_a_record_without_its_command_or_scores_stops_before_any_training(tmp_pa
     with pytest.raises(SystemExit, match="no Flexora run with per-block scores"):
         main([str(no_scores), "--out", str(tmp_path / "out.json"), "--peers", "last_ranked"])
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_records_command_gives_back_its_json_options(monkeypatch):
+    """The record's `meta.command` is shell-quoted: a JSON --flexora-options parses back as given (it once lost its
+    quotes, and `add_peers` could not read the record)."""
+    argv = ["--profile", "dev", "--main", "subtraction:learn", "--flexora-options",
+            '{"selection_count_score": "final_taylor"}', "--main-peers", ""]
+    monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", *argv])
+    args = parse_args(argv)
+    parsed = record_args({"meta": meta(args, profile_of(args))}, "record.json")
+    assert parsed.flexora_options == {"selection_count_score": "final_taylor"} and parsed.main_peers == []
 
 
 @pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3", "positive:3"])
