@@ -290,6 +290,18 @@ def test_top_k_figures_in_the_benchmark_readme_are_the_committed_records(folder,
     assert "\n".join(table) in BENCHMARK_README.read_text()
 
 
+@pytest.mark.parametrize("regime, cells", [("learn", 8), ("overfit", 6)])
+def test_count_score_figures_in_the_benchmark_readme_are_the_committed_records(regime, cells):
+    """`selection_count_score: final_taylor` (Flexora) against the gate's own selection of the same search
+    (`positive`), and that selection against all-block LoRA, on the five new tasks' cells."""
+    from benchmarks.add_peers import peer_table
+
+    parts = sorted((RESULTS.parent / "count-score" / f"final-taylor-{regime}").glob("*.json"))
+    table = peer_table(report.combined([json.loads(path.read_text()) for path in parts]), ["positive"])
+    assert len(table) == 4 and f"| flexora - positive | {cells} |" in table[-1]
+    assert "\n".join(table) in BENCHMARK_README.read_text()
+
+
 def test_generated_tasks_overfit_rates_in_the_benchmark_readme_follow_the_regimes_rule():
     """Each probe's rise is read from its own held-out losses and is the README's, and the rate named is the lowest
     whose rise is beyond noise."""
