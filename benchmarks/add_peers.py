@@ -7,10 +7,11 @@ trained as the record's own command trained that cell, so they pair with its Fle
 
 Peers: `last_ranked` (the blocks the score ranks last, as many as Flexora kept: the main part's peer, for records made
 before it had it), `positive` (the blocks the score's own `positive` rule keeps: for a run whose count came from
-elsewhere, e.g. `selection_count_score`, the selection it would have made without), `top:K` (the score's K highest blocks: a rule keeping K) and `random:K` (K random blocks, the
-main part's first draw at that count). Settings (profile, learning rates, precision, lengths) are parsed back from
-each record's `meta.command`. OUT.json holds the first record's meta and the new runs only; it is written after every
-run, a run already in it is not made again, and the table at the end pairs every new arm by cell.
+elsewhere, e.g. `selection_count_score`, the selection it would have made without), `top:K` (the score's K highest
+blocks: a rule keeping K) and `random:K` (K random blocks, the main part's first draw at that count). Settings
+(profile, learning rates, precision, lengths) are parsed back from each record's `meta.command`. OUT.json holds the
+first record's meta and the new runs only; it is written after every run, a run already in it is not made again, and
+the table at the end pairs every new arm by cell.
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ def _even_count(rng) -> tuple[str, list[str], int]:
 
 
 def _rounding(rng) -> tuple[str, list[str], int]:
-    """A five-digit number to the nearest hundred, among the hundred on its other side, one beyond and its nearest ten."""
+    """A five-digit number to the nearest hundred, among the hundred on its other side, one beyond, its nearest
+    ten."""
     number = int(rng.integers(10000, 100000))
     if number % 100 in (0, 50):  # no tie and no choice equal to another
         number += 1

@@ -197,9 +197,12 @@ class FlexoraArguments:
                   "`forward`) counts the blocks whose LoRA lowers the validation loss (its `positive` rule), and the "
                   "selection keeps that many of `selection_score`'s highest. The gate's `positive` rule keeps about "
                   "half the blocks by construction, whether the fine-tune still learns (where more blocks help) or "
-                  "overfits; a count from the held-out loss follows the data. Needs `selection_rule: positive` (the "
-                  "count replaces the rule's); its pass is counted in the search's budget and the record gives its "
-                  "per-block figures (`count_scores`). None (the default): the rule alone decides."},
+                  "overfits; a count from the held-out loss was meant to follow the data. Measured with "
+                  "`final_taylor` on five tasks: it ties the gate's own count and follows the task more than the "
+                  "regime (benchmarks/README.md, \"A count from the held-out loss\"), so it is not the default. "
+                  "Needs `selection_rule: positive` (the count replaces the rule's); its pass is counted in the "
+                  "search's budget and the record gives its per-block figures (`count_scores`). None (the default): "
+                  "the rule alone decides."},
     )
     selection_top_k: Optional[int] = field(
         default=None, metadata={"help": "Number of blocks kept by `selection_rule='top_k'`."}
