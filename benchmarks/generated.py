@@ -26,6 +26,7 @@ queen quiet rabbit river rocket ribbon silver summer spider saddle table ticket 
 upper valley velvet village violin window winter wagon wizard yellow yogurt yesterday youth
 """.split()
 BY_INITIAL = {initial: [word for word in WORDS if word[0] == initial] for initial in sorted({w[0] for w in WORDS})}
+BY_LENGTH = {length: [word for word in WORDS if len(word) == length] for length in sorted({len(w) for w in WORDS})}
 
 
 def _shuffled(rng, gold, others) -> tuple[list[str], int]:
@@ -137,11 +138,8 @@ def _rounding(rng) -> tuple[str, list[str], int]:
 
 def _longest_word(rng) -> tuple[str, list[str], int]:
     """Four words of four different lengths; the gold is the longest."""
-    by_length = {}
-    for word in WORDS:
-        by_length.setdefault(len(word), []).append(word)
-    lengths = rng.choice(sorted(by_length), size=4, replace=False)
-    words = [str(rng.choice(by_length[length])) for length in lengths]
+    lengths = rng.choice(list(BY_LENGTH), size=4, replace=False)
+    words = [str(rng.choice(BY_LENGTH[length])) for length in lengths]
     return (f"Which word is the longest: {', '.join(words)}?\nAnswer:", words,
             int(np.argmax([len(w) for w in words])))
 

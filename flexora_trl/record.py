@@ -80,8 +80,7 @@ class SelectionRecord:
     def from_search(cls, result, plan, split: dict, **given) -> SelectionRecord:
         """The record of a finished search (`SearchResult`, `SearchPlan`, the kept/dropped separation)."""
         return cls(
-            source="search", alpha={b: round(a, 6) for b, a in result.alpha.items()},
-            gates={b: round(g, 6) for b, g in result.gates.items()},
+            source="search", alpha=_rounded(result.alpha), gates=_rounded(result.gates),
             alpha_trajectory=[[round(a, 6) for a in row] for row in result.trajectory],
             selection_score=given["options"]["selection_score"],
             scores=_rounded(result.scores), score_stderr=_rounded(result.score_stderr),
