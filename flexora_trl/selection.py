@@ -40,7 +40,11 @@ def _rule_count(options: FlexoraArguments, count: int) -> int | None:
 def choose_blocks(scores: dict[int, float], options: FlexoraArguments, count: int | None = None) -> list[int]:
     """Apply `selection_rule` (or keep the `count` highest), then the min/max bounds (quietly: also used while the
     search runs)."""
-    ranked, chosen = _by_rule(scores, options, count)
+    return _bounded(*_by_rule(scores, options, count), options)
+
+
+def _bounded(ranked: list[int], chosen: list[int], options: FlexoraArguments) -> list[int]:
+    """`chosen` filled up to `selection_min_layers` from the top of `ranked`, then cut to `selection_max_layers`."""
     if len(chosen) < min(options.selection_min_layers, len(ranked)):
         chosen = ranked[: options.selection_min_layers]
     if options.selection_max_layers is not None:
@@ -87,7 +91,7 @@ def select_blocks(scores: dict[int, float], options: FlexoraArguments,
         )
     elif options.selection_max_layers is not None and len(kept) > options.selection_max_layers:
         logger.info("Flexora: `selection_max_layers=%d` drops the lowest scores.", options.selection_max_layers)
-    return choose_blocks(scores, options, count)
+    return _bounded(ranked, kept, options)
 
 
 def separation(scores: dict[int, float], stderr: dict[int, float], selected: list[int]) -> dict:

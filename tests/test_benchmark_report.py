@@ -302,6 +302,47 @@ def test_count_score_figures_in_the_benchmark_readme_are_the_committed_records(r
     assert "\n".join(table) in BENCHMARK_README.read_text()
 
 
+
+@pytest.mark.parametrize("regime", ["learn", "overfit"])
+def test_warm_start_figures_in_the_benchmark_readme_are_the_committed_records(regime):
+    """`search_warm_start` (Flexora) against a fresh fine-tune on the same search's blocks (`positive`) and against
+    all-block LoRA, eight generated tasks x 2 seeds: each task's row, the pooled table and warm minus all-block."""
+    from benchmarks.add_peers import peer_table
+
+    parts = sorted((RESULTS.parent / "warm-start-generated" / regime).glob("*.json"))
+    results = report.combined([json.loads(path.read_text()) for path in parts])
+    text = BENCHMARK_README.read_text()
+    table = peer_table(results, ["positive"])
+    assert len(table) == 4 and "| flexora - positive | 16 |" in table[-1]
+    assert "\n".join(table) in text
+    for (task, _), arms in report.cells(results).items():
+        warm, fresh, every = ([arms[arm][seed] for seed in (0, 1)] for arm in ("flexora", "positive", "lora_all"))
+        assert [run["selected_layers"] for run in warm] == [run["selected_layers"] for run in fresh]
+        row = (f"| {task}, {regime} | " + ", ".join(f"{run['accuracy']:.3f}" for run in every) + " | "
+               + ", ".join(f"{run['accuracy']:.3f} ({len(run['selected_layers'])})" for run in warm) + " | "
+               + ", ".join(f"{run['accuracy']:.3f}" for run in fresh) + " | "
+               + ", ".join(f"{w['answer_loss'] - f['answer_loss']:+.3f}" for w, f in zip(warm, fresh)) + " |")
+        assert row in text, row
+    d = paired([100 * x for arms in report.cells(results).values()
+                for x in report.paired_differences(arms, "lora_all")])
+    assert f"{regime} {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] ({d.wins}/{d.losses})" in words(BENCHMARK_README)
+
+
+@pytest.mark.parametrize("name, label", [("default", "default"), ("default_2", "default, again"),
+                                         ("warm", "warm start"), ("warm_2", "warm start, again")])
+def test_generated_long_run_figures_in_the_benchmark_readme_are_the_committed_records(name, label):
+    """The 300-step long part on a generated task, default options and `search_warm_start`, twice each."""
+    record = json.loads((RESULTS.parent / "long-generated" / f"{name}.json").read_text())
+    arms = {run["arm"]: run for run in record["long"]}
+    flexora, every = arms["flexora"], arms["lora_all"]
+    step = (flexora["finetune_seconds"] / flexora["finetune_steps"]) / (every["finetune_seconds"] / every[
+        "finetune_steps"])
+    row = (f"| {label} | {flexora['finetune_steps']} | {flexora['search_seconds'] / flexora['finetune_seconds']:.3f} | "
+           f"{report._time_ratio(flexora, every):.3f}x | {step:.3f}x | {flexora['accuracy']:.3f} "
+           f"({every['accuracy']:.3f}) |")
+    assert row in BENCHMARK_README.read_text()
+    assert flexora["finetune_steps"] == 300 - (flexora["search_inner_steps"] if "warm" in name else 0)
+
 def test_generated_tasks_overfit_rates_in_the_benchmark_readme_follow_the_regimes_rule():
     """Each probe's rise is read from its own held-out losses and is the README's, and the rate named is the lowest
     whose rise is beyond noise."""
