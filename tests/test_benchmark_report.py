@@ -19,6 +19,11 @@ README = RESULTS.parent.parent.parent / "README.md"
 BENCHMARK_README = RESULTS.parent.parent / "README.md"
 
 
+def committed(folder: str) -> dict:
+    """The records of a folder under benchmarks/results, read as one run (`report.combined`)."""
+    return report.combined([json.loads(path.read_text()) for path in sorted((RESULTS.parent / folder).glob("*.json"))])
+
+
 def words(path: Path) -> str:
     """A markdown file's text with every line break and run of spaces as one space: figures wrapped across lines."""
     return " ".join(path.read_text().split())
@@ -256,8 +261,7 @@ def test_results_on_other_seeds_or_tasks_are_read_as_one_run():
 def test_depth_peer_figures_in_the_benchmark_readme_are_the_committed_records(folder, regime, tasks):
     from benchmarks.depth_effect import table
 
-    parts = sorted((RESULTS.parent / folder).glob("*.json"))
-    results = report.combined([json.loads(path.read_text()) for path in parts])
+    results = committed(folder)
     text = words(BENCHMARK_README)
     _, found = report.ordered_cells(results)
     assert {task for task, _ in found} == set(tasks)
@@ -283,9 +287,8 @@ def test_top_k_figures_in_the_benchmark_readme_are_the_committed_records(folder,
     """The score's top K against K random blocks (benchmarks.add_peers) in the new tasks' cells, seeds 0 and 1."""
     from benchmarks.add_peers import peer_table
 
-    parts = sorted((RESULTS.parent / folder).glob("*.json"))
     top, drawn = f"top_{count}", f"random_{count}"
-    table = peer_table(report.combined([json.loads(path.read_text()) for path in parts]), [top, drawn])
+    table = peer_table(committed(folder), [top, drawn])
     assert len(table) == 7 and f"| {top} - {drawn} | 8 |" in table[-1]
     assert "\n".join(table) in BENCHMARK_README.read_text()
 
@@ -296,11 +299,9 @@ def test_count_score_figures_in_the_benchmark_readme_are_the_committed_records(r
     (`positive`), and that selection against all-block LoRA, on the five new tasks' cells."""
     from benchmarks.add_peers import peer_table
 
-    parts = sorted((RESULTS.parent / "count-score" / f"final-taylor-{regime}").glob("*.json"))
-    table = peer_table(report.combined([json.loads(path.read_text()) for path in parts]), ["positive"])
+    table = peer_table(committed(f"count-score/final-taylor-{regime}"), ["positive"])
     assert len(table) == 4 and f"| flexora - positive | {cells} |" in table[-1]
     assert "\n".join(table) in BENCHMARK_README.read_text()
-
 
 
 @pytest.mark.parametrize("regime", ["learn", "overfit"])
@@ -309,13 +310,13 @@ def test_warm_start_figures_in_the_benchmark_readme_are_the_committed_records(re
     all-block LoRA, eight generated tasks x 2 seeds: each task's row, the pooled table and warm minus all-block."""
     from benchmarks.add_peers import peer_table
 
-    parts = sorted((RESULTS.parent / "warm-start-generated" / regime).glob("*.json"))
-    results = report.combined([json.loads(path.read_text()) for path in parts])
+    results = committed(f"warm-start-generated/{regime}")
+    cells = report.cells(results)
     text = BENCHMARK_README.read_text()
     table = peer_table(results, ["positive"])
     assert len(table) == 4 and "| flexora - positive | 16 |" in table[-1]
     assert "\n".join(table) in text
-    for (task, _), arms in report.cells(results).items():
+    for (task, _), arms in cells.items():
         warm, fresh, every = ([arms[arm][seed] for seed in (0, 1)] for arm in ("flexora", "positive", "lora_all"))
         assert [run["selected_layers"] for run in warm] == [run["selected_layers"] for run in fresh]
         row = (f"| {task}, {regime} | " + ", ".join(f"{run['accuracy']:.3f}" for run in every) + " | "
@@ -323,8 +324,7 @@ def test_warm_start_figures_in_the_benchmark_readme_are_the_committed_records(re
                + ", ".join(f"{run['accuracy']:.3f}" for run in fresh) + " | "
                + ", ".join(f"{w['answer_loss'] - f['answer_loss']:+.3f}" for w, f in zip(warm, fresh)) + " |")
         assert row in text, row
-    d = paired([100 * x for arms in report.cells(results).values()
-                for x in report.paired_differences(arms, "lora_all")])
+    d = paired([100 * x for arms in cells.values() for x in report.paired_differences(arms, "lora_all")])
     assert f"{regime} {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] ({d.wins}/{d.losses})" in words(BENCHMARK_README)
 
 
@@ -332,16 +332,18 @@ def test_warm_start_figures_in_the_benchmark_readme_are_the_committed_records(re
                                          ("warm", "warm start"), ("warm_2", "warm start, again")])
 def test_generated_long_run_figures_in_the_benchmark_readme_are_the_committed_records(name, label):
     """The 300-step long part on a generated task, default options and `search_warm_start`, twice each."""
+    from benchmarks.lowest_block import seconds_per_step
+
     record = json.loads((RESULTS.parent / "long-generated" / f"{name}.json").read_text())
     arms = {run["arm"]: run for run in record["long"]}
     flexora, every = arms["flexora"], arms["lora_all"]
-    step = (flexora["finetune_seconds"] / flexora["finetune_steps"]) / (every["finetune_seconds"] / every[
-        "finetune_steps"])
+    step = seconds_per_step(flexora) / seconds_per_step(every)
     row = (f"| {label} | {flexora['finetune_steps']} | {flexora['search_seconds'] / flexora['finetune_seconds']:.3f} | "
            f"{report._time_ratio(flexora, every):.3f}x | {step:.3f}x | {flexora['accuracy']:.3f} "
            f"({every['accuracy']:.3f}) |")
     assert row in BENCHMARK_README.read_text()
     assert flexora["finetune_steps"] == 300 - (flexora["search_inner_steps"] if "warm" in name else 0)
+
 
 def test_generated_tasks_overfit_rates_in_the_benchmark_readme_follow_the_regimes_rule():
     """Each probe's rise is read from its own held-out losses and is the README's, and the rate named is the lowest
