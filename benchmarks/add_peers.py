@@ -8,10 +8,11 @@ trained as the record's own command trained that cell, so they pair with its Fle
 Peers: `last_ranked` (the blocks the score ranks last, as many as Flexora kept: the main part's peer, for records made
 before it had it), `positive` (the blocks the score's own `positive` rule keeps: for a run whose count came from
 elsewhere, e.g. `selection_count_score`, the selection it would have made without), `top:K` (the score's K highest
-blocks: a rule keeping K) and `random:K` (K random blocks, the main part's first draw at that count). Settings
+blocks: a rule keeping K), `random:K` (K random blocks, the main part's first draw at that count) and `random` (the
+main part's own random peer, for records made without it: its draws at Flexora's count, same blocks and keys). Settings
 (profile, learning rates, precision, lengths) are parsed back from each record's `meta.command`. OUT.json holds the
-first record's meta and the new runs only; it is written after every run, a run already in it is not made again, and
-the table at the end pairs every new arm by cell.
+first record's meta and the new runs only; it is written after every run, a run already in it or in a record is not
+made again, and the table at the end pairs every new arm by cell.
 """
 
 from __future__ import annotations
@@ -26,19 +27,19 @@ from flexora_trl.selection import choose_blocks
 
 from . import report
 from .run import (NUM_BLOCKS, Harness, Results, highest, integers, last_ranked, offline_and_quiet, parse_args,
-                  random_blocks, write_json)
+                  peer_key, profile_of, random_blocks, write_json)
 from .stats import paired
 
 
 def peers(text: str) -> list[str]:
-    """`--peers`: last_ranked, positive, top:K or random:K, comma-separated."""
+    """`--peers`: last_ranked, positive, random, top:K or random:K, comma-separated."""
     specs = text.split(",")
     for spec in specs:
         name, colon, count = spec.partition(":")
-        if not ((name in ("last_ranked", "positive") and not colon) or (name in ("top", "random") and count.isdigit()
-                                                                        and 1 <= int(count) < NUM_BLOCKS)):
-            raise argparse.ArgumentTypeError(f"{spec!r}: a peer is last_ranked, positive, top:K or random:K with K "
-                                             f"from 1 to {NUM_BLOCKS - 1}")
+        if not ((name in ("last_ranked", "positive", "random") and not colon)
+                or (name in ("top", "random") and count.isdigit() and 1 <= int(count) < NUM_BLOCKS)):
+            raise argparse.ArgumentTypeError(f"{spec!r}: a peer is last_ranked, positive, random, top:K or random:K "
+                                             f"with K from 1 to {NUM_BLOCKS - 1}")
     return specs
 
 
@@ -52,6 +53,14 @@ def peer_blocks(spec: str, flexora: dict) -> list[int]:
     if name == "top":
         return highest(flexora["scores"], int(count))
     return random_blocks(flexora["seed"], 0, int(count))
+
+
+def cell_runs(spec: str, flexora: dict, draws: int) -> list[tuple[str, list[int], int | None]]:
+    """(arm, blocks, draw) of each run a peer adds to a Flexora run's cell: `random` is the main part's draws."""
+    if spec == "random":
+        count = len(flexora["selected_layers"])
+        return [("random", random_blocks(flexora["seed"], draw, count), draw) for draw in range(draws)]
+    return [(spec.replace(":", "_"), peer_blocks(spec, flexora), None)]
 
 
 def record_args(record: dict, path) -> argparse.Namespace:
@@ -91,7 +100,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.add_peers", description=__doc__.split("\n\n")[0])
     p.add_argument("records", nargs="+", type=Path, help="results JSON of `benchmarks.run --parts main`")
     p.add_argument("--out", type=Path, required=True, help="results JSON of the new runs (kept and added to)")
-    p.add_argument("--peers", type=peers, required=True, help="comma-separated: last_ranked, positive, top:K, random:K")
+    p.add_argument("--peers", type=peers, required=True,
+                   help="comma-separated: last_ranked, positive, random, top:K, random:K")
     p.add_argument("--seeds", type=integers, default=None, help="only the Flexora runs of these seeds (default: all)")
     args = p.parse_args(argv)
     records = {path: json.loads(path.read_text()) for path in args.records}
@@ -99,19 +109,20 @@ def main(argv=None):
     first = next(iter(records.values()))
     out = json.loads(args.out.read_text()) if args.out.exists() else {
         "meta": {**first["meta"], "added_to": [str(p) for p in args.records]}, **{part: [] for part in Results.PARTS}}
-    done = {run["key"] for run in out["runs"]}
-    arms = {spec: spec.replace(":", "_") for spec in args.peers}
+    done = {run["key"] for part in [*records.values(), out] for run in part["runs"]}  # a record's own peers too
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for run_args, runs in work:
-        harness = None
+        harness, draws = None, profile_of(run_args)["random_draws"]
         for flexora in runs:
-            for spec, arm in arms.items():
-                if f"{flexora['task']}/{flexora['regime']}/{arm}/{flexora['seed']}" in done:
-                    continue
-                harness = harness or Harness(run_args)
-                out["runs"].append(harness.peer_run(flexora, arm, peer_blocks(spec, flexora)))
-                write_json(args.out, out, indent=1)
-    print(*peer_table(report.combined([*records.values(), out]), list(arms.values())), sep="\n")
+            for spec in args.peers:
+                for arm, blocks, draw in cell_runs(spec, flexora, draws):
+                    if peer_key(flexora, arm, draw) in done:
+                        continue
+                    harness = harness or Harness(run_args)
+                    out["runs"].append(harness.peer_run(flexora, arm, blocks, draw=draw))
+                    write_json(args.out, out, indent=1)
+    arms = [spec.replace(":", "_") for spec in args.peers]
+    print(*peer_table(report.combined([*records.values(), out]), arms), sep="\n")
     print(f"runs in {args.out}: {len(out['runs'])}")
 
 

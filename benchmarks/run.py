@@ -295,6 +295,12 @@ def last_ranked(scores: dict, count: int) -> list[int]:
     return highest({b: -value for b, value in scores.items()}, count)
 
 
+def peer_key(flexora: dict, arm: str, draw: int | None = None) -> str:
+    """The key of a peer's run in a Flexora run's cell (task/regime/arm/seed, then the draw of a random peer)."""
+    key = f"{flexora['task']}/{flexora['regime']}/{arm}/{flexora['seed']}"
+    return key if draw is None else f"{key}/{draw}"
+
+
 def planted_blocks(set_seed: int, count: int = 6) -> list[int]:
     """Planted sets are drawn, not chosen: a method tuned to one set would not find another."""
     return sorted(random.Random(1_000 + set_seed).sample(range(NUM_BLOCKS), count))
@@ -459,8 +465,7 @@ class Harness:
         count = len(flexora["selected_layers"])
         peers = self.args.main_peers
         for draw in range(self.profile["random_draws"] if "random" in peers else 0):
-            runs.append(self.regime_run(f"{base}/random/{seed}/{draw}", task_name, regime, seed, "random",
-                                        layers=random_blocks(seed, draw, count), draw=draw))
+            runs.append(self.peer_run(flexora, "random", random_blocks(seed, draw, count), draw=draw))
         if "spectrum" in peers:
             start = time.perf_counter()  # the paper's score (normalised by the largest singular value), as published
             blocks = spectrum_blocks(load_base(self.model_dir), LORA["target_modules"], count, normalize=True)
@@ -475,10 +480,11 @@ class Harness:
         if "last_ranked" in peers and flexora["scores"]:
             runs.append(self.peer_run(flexora, "last_ranked", last_ranked(flexora["scores"], count)))
 
-    def peer_run(self, flexora: dict, arm: str, blocks: list[int]) -> dict:
+    def peer_run(self, flexora: dict, arm: str, blocks: list[int], draw: int | None = None) -> dict:
         """LoRA on `blocks`, in the cell (task, regime, seed) of a Flexora run: its data, steps and seed."""
-        task, regime, seed = flexora["task"], flexora["regime"], flexora["seed"]
-        return self.regime_run(f"{task}/{regime}/{arm}/{seed}", task, regime, seed, arm, layers=blocks)
+        labels = {} if draw is None else dict(draw=draw)
+        return self.regime_run(peer_key(flexora, arm, draw), flexora["task"], flexora["regime"], flexora["seed"], arm,
+                               layers=blocks, **labels)
 
     def linear(self, task_name, regime, seed):
         """The same pair with LoRA on every linear module of the blocks."""

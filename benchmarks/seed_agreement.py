@@ -2,7 +2,7 @@
 budget and rate on several training seeds, per score (the gate's alpha and the `selection_score`'s):
 
     python -m benchmarks.seed_agreement RECORD.json RECORD.json ...
-    python -m benchmarks.seed_agreement --main [results.json]   # the main part's gate: across seeds, across tasks
+    python -m benchmarks.seed_agreement --main [results.json ...]   # the main part's gate: across seeds, across tasks
 
 * the Jaccard of the kept sets across seeds, and random sets' of the same sizes;
 * the rank correlation (Spearman) of the 30 blocks' scores across seeds: high with a low Jaccard says the seeds agree
@@ -13,8 +13,9 @@ budget and rate on several training seeds, per score (the gate's alpha and the `
 * for `ablation`, the blocks whose score is within two standard errors of zero (its cut): the coin flips;
 * with records of several tasks, the same figures between runs on different tasks: what is not any task's own.
 
-With `--main`, the main part's Flexora runs (the gate) per regime: the agreement of one task's seeds beside that of
-different tasks on one seed. Tasks that agree as well as seeds do say the selection is the search's, not the task's.
+With `--main`, the main part's Flexora runs (the gate) of one or more records per regime: the agreement of one task's
+seeds beside that of different tasks on one seed (tasks that agree as well as seeds do say the selection is the
+search's, not the task's), then each task's own row.
 """
 
 from __future__ import annotations
@@ -105,9 +106,32 @@ def table(paths) -> list[str]:
     return lines
 
 
-def main_part_table(path) -> list[str]:
-    with open(path) as handle:
-        runs = [run for run in json.load(handle).get("runs", []) if run["arm"] == "flexora"]
+def flexora_runs(paths) -> list[dict]:
+    """The main part's Flexora runs of the records (e.g. one record per task or per seed)."""
+    runs = []
+    for path in paths:
+        with open(path) as handle:
+            runs += [run for run in json.load(handle).get("runs", []) if run["arm"] == "flexora"]
+    return runs
+
+
+def task_table(paths) -> list[str]:
+    """Per task and regime, the agreement of its seeds: issue 11's stability target is read on each task."""
+    runs = flexora_runs(paths)
+    lines = ["| task | regime | seeds | blocks kept | Jaccard (random) | Spearman of alpha | Spearman with depth |",
+             "|---" * 7 + "|"]
+    for task, regime in sorted({(run["task"], run["regime"]) for run in runs}):
+        mine = sorted((run for run in runs if (run["task"], run["regime"]) == (task, regime)), key=lambda r: r["seed"])
+        if len(mine) > 1:
+            r = agreement(mine, "gate")
+            lines.append(f"| {task} | {regime} | {', '.join(str(run['seed']) for run in mine)} | "
+                         f"{', '.join(map(str, r['kept']))} | {r['jaccard']:.2f} ({r['random']:.2f}) | "
+                         f"{r['spearman']:.2f} | {r['depth']:.2f} |")
+    return lines
+
+
+def main_part_table(*paths) -> list[str]:
+    runs = flexora_runs(paths)
     lines = ["| regime | compared | groups | Jaccard (random) | Spearman of alpha | Spearman with depth |",
              "|---" * 6 + "|"]
     for regime in sorted({run["regime"] for run in runs}):
@@ -128,8 +152,8 @@ def main_part_table(path) -> list[str]:
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--main"]:
-        default = Path(__file__).resolve().parent / "results" / "results.json"
-        print("\n".join(main_part_table(args[1] if len(args) > 1 else default)))
+        paths = args[1:] or [Path(__file__).resolve().parent / "results" / "results.json"]
+        print("\n".join(main_part_table(*paths)), "", "\n".join(task_table(paths)), sep="\n")
     else:
         print("\n".join(table(args)))
 
