@@ -4,6 +4,7 @@ trained as the record's own command trained that cell, so they pair with its Fle
     python -m benchmarks.add_peers RECORD.json [RECORD.json ...] --out OUT.json --peers last_ranked
     python -m benchmarks.add_peers RECORD.json --out OUT.json --peers top:5,random:5,top:10,random:10
     python -m benchmarks.report RECORD.json OUT.json      # Flexora minus the last-ranked blocks, paired by seed
+    python -m benchmarks.add_peers RECORD.json OUT.json --out MORE.json --peers random   # an earlier OUT read too
 
 Peers: `last_ranked` (the blocks the score ranks last, as many as Flexora kept: the main part's peer, for records made
 before it had it), `positive` (the blocks the score's own `positive` rule keeps: for a run whose count came from
@@ -72,19 +73,23 @@ def record_args(record: dict, path) -> argparse.Namespace:
 
 
 def flexora_runs(record: dict, path, seeds=None) -> list[dict]:
-    """The record's Flexora runs of the main part (q,v), with the scores the peers are chosen from."""
-    runs = [r for r in record.get("runs", []) if r.get("arm") == "flexora" and (seeds is None or r["seed"] in seeds)]
-    if not runs or any(not r.get("scores") for r in runs):
+    """The record's Flexora runs of the main part (q,v), with the scores the peers are chosen from; none in a record
+    of peers alone (an earlier --out), which is read for its runs."""
+    every = [r for r in record.get("runs", []) if r.get("arm") == "flexora"]
+    runs = [r for r in every if seeds is None or r["seed"] in seeds]
+    if every and (not runs or any(not r.get("scores") for r in runs)):
         raise SystemExit(f"{path}: no Flexora run with per-block scores{f' on seeds {seeds}' if seeds else ''}")
     return runs
 
 
 def peer_table(results: dict, arms: list[str]) -> list[str]:
-    """Each new arm against all-block LoRA and against Flexora, and top_K against random_K, paired by cell."""
+    """Each new arm against all-block LoRA and against Flexora, top_K against random_K and the others against the
+    random peer, paired by cell."""
     found = report.cells(results)
     pairs = [(arm, "lora_all") for arm in arms] + [("flexora", arm) for arm in arms]
     pairs += [(arm, "random_" + arm.removeprefix("top_")) for arm in arms
               if arm.startswith("top_") and "random_" + arm.removeprefix("top_") in arms]
+    pairs += [(arm, "random") for arm in arms if "random" in arms and arm != "random" and not arm.startswith("top_")]
     lines = ["| accuracy, points | cells | mean | 95 % interval | wins/losses |", "|---|---|---|---|---|"]
     for one, other in pairs:
         diffs = [100 * d for by_arm in found.values() for d in report.paired_differences(by_arm, other, minuend=one)]
@@ -105,7 +110,11 @@ def main(argv=None):
     p.add_argument("--seeds", type=integers, default=None, help="only the Flexora runs of these seeds (default: all)")
     args = p.parse_args(argv)
     records = {path: json.loads(path.read_text()) for path in args.records}
-    work = [(record_args(record, path), flexora_runs(record, path, args.seeds)) for path, record in records.items()]
+    work = [(record_args(record, path), runs) for path, record in records.items()
+            if (runs := flexora_runs(record, path, args.seeds))]
+    if not work:
+        raise SystemExit(f"{', '.join(map(str, args.records))}: no Flexora run with per-block scores: peers are chosen "
+                         "from a main-part record's")
     first = next(iter(records.values()))
     out = json.loads(args.out.read_text()) if args.out.exists() else {
         "meta": {**first["meta"], "added_to": [str(p) for p in args.records]}, **{part: [] for part in Results.PARTS}}

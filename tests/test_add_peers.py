@@ -62,7 +62,8 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     """The committed next_number record, its command at the quick profile's sizes (16 examples, 3 epochs)."""
     record = json.loads(RECORD.read_text())
     command = record["meta"]["command"].replace("--profile dev", "--profile quick")
-    draws = {run["key"]: run["selected_layers"] for run in record["runs"] if run["arm"] == "random" and run["seed"] == 0}
+    draws = {run["key"]: run["selected_layers"] for run in record["runs"]
+             if run["arm"] == "random" and run["seed"] == 0}
     record["runs"] = [run for run in record["runs"] if run["arm"] != "random"]  # as if made without the random peer
     quick = tmp_path / "next_number.json"
     quick.write_text(json.dumps({**record, "meta": {**record["meta"], "command": command}}))
@@ -98,3 +99,15 @@ def test_a_peer_the_record_already_has_is_not_made_again(tmp_path, capsys):
     out = tmp_path / "out.json"
     main([str(RECORD), "--out", str(out), "--peers", "random"])
     assert f"runs in {out}: 0" in capsys.readouterr().out and not out.exists()
+
+
+def test_a_record_of_peers_alone_is_read_with_its_main_part_record_and_refused_without_it(tmp_path, capsys):
+    """An earlier --out (no Flexora run) adds its runs to the table and to what is not made again."""
+    folder = RECORD.parent.parent / "warm-start-generated" / "learn"
+    out = tmp_path / "out.json"
+    main([str(folder / "subtraction.json"), str(folder / "positive_subtraction.json"), "--out", str(out), "--peers",
+          "positive"])
+    printed = capsys.readouterr().out
+    assert "| positive - lora_all | 2 |" in printed and f"runs in {out}: 0" in printed and not out.exists()
+    with pytest.raises(SystemExit, match="no Flexora run with per-block scores: peers are chosen from"):
+        main([str(folder / "positive_subtraction.json"), "--out", str(out), "--peers", "positive"])

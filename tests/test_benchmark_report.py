@@ -328,6 +328,39 @@ def test_warm_start_figures_in_the_benchmark_readme_are_the_committed_records(re
     assert f"{regime} {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] ({d.wins}/{d.losses})" in words(BENCHMARK_README)
 
 
+@pytest.mark.parametrize("regime", ["learn", "overfit"])
+def test_third_seed_and_random_peer_figures_in_the_benchmark_readme_are_the_committed_records(regime):
+    """The default (F: its fresh fine-tune, the `positive` peer) against all-block LoRA and the main part's random
+    peer on the eight generated tasks, seeds 0-2 (seeds 0, 1 from the warm-start records), and its blocks' agreement
+    across the three seeds, per task."""
+    from benchmarks.add_peers import peer_table
+    from benchmarks.seed_agreement import task_table
+
+    paths = [path for folder in ("warm-start-generated", "default-generated")
+             for path in sorted((RESULTS.parent / folder / regime).glob("*.json"))]
+    results = report.combined([json.loads(path.read_text()) for path in paths])
+    cells, text = report.cells(results), BENCHMARK_README.read_text()
+    assert len(cells) == 8
+    for (task, _), arms in cells.items():
+        assert set(arms["lora_all"]) == set(arms["positive"]) == set(arms["random"]) == {0, 1, 2}
+        assert all(run["draws"] == 2 for run in arms["random"].values())
+        default = arms["flexora"][2]  # seed 2 ran with the default options: the positive peer is its fine-tune
+        assert not default["flexora_options"].get("search_warm_start")
+        assert (default["selected_layers"], default["accuracy"]) == (arms["positive"][2]["selected_layers"],
+                                                                    arms["positive"][2]["accuracy"])
+        every, fresh, random_ = ([arms[arm][seed] for seed in range(3)] for arm in ("lora_all", "positive", "random"))
+        row = (f"| {task}, {regime} | " + ", ".join(f"{run['accuracy']:.3f}" for run in every) + " | "
+               + ", ".join(f"{run['accuracy']:.3f} ({len(run['selected_layers'])})" for run in fresh) + " | "
+               + ", ".join(f"{run['accuracy']:.3f}" for run in random_) + " |")
+        assert row in text, row
+    table = peer_table(results, ["positive", "random"])
+    for pair in ("positive - lora_all", "random - lora_all", "positive - random"):
+        line = next(line for line in table if line.startswith(f"| {pair} | 24 |"))
+        assert line in text, line
+    for line in task_table(paths)[2:]:
+        assert line in text, line
+
+
 @pytest.mark.parametrize("name, label", [("default", "default"), ("default_2", "default, again"),
                                          ("warm", "warm start"), ("warm_2", "warm start, again")])
 def test_generated_long_run_figures_in_the_benchmark_readme_are_the_committed_records(name, label):
