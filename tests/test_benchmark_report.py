@@ -349,6 +349,7 @@ def test_third_seed_and_random_peer_figures_in_the_benchmark_readme_are_the_comm
         assert (default["selected_layers"], default["accuracy"]) == (arms["positive"][2]["selected_layers"],
                                                                     arms["positive"][2]["accuracy"])
         every, fresh, random_ = ([arms[arm][seed] for seed in range(3)] for arm in ("lora_all", "positive", "random"))
+        assert [len(run["selected_layers"]) for run in random_] == [len(run["selected_layers"]) for run in fresh]
         row = (f"| {task}, {regime} | " + ", ".join(f"{run['accuracy']:.3f}" for run in every) + " | "
                + ", ".join(f"{run['accuracy']:.3f} ({len(run['selected_layers'])})" for run in fresh) + " | "
                + ", ".join(f"{run['accuracy']:.3f}" for run in random_) + " |")
