@@ -28,7 +28,7 @@ from flexora_trl.selection import choose_blocks
 
 from . import report
 from .run import (NUM_BLOCKS, Harness, Results, highest, integers, last_ranked, offline_and_quiet, parse_args,
-                  peer_key, profile_of, random_blocks, write_json)
+                  peer_key, profile_of, random_blocks, random_draws, write_json)
 from .stats import paired
 
 
@@ -59,8 +59,7 @@ def peer_blocks(spec: str, flexora: dict) -> list[int]:
 def cell_runs(spec: str, flexora: dict, draws: int) -> list[tuple[str, list[int], int | None]]:
     """(arm, blocks, draw) of each run a peer adds to a Flexora run's cell: `random` is the main part's draws."""
     if spec == "random":
-        count = len(flexora["selected_layers"])
-        return [("random", random_blocks(flexora["seed"], draw, count), draw) for draw in range(draws)]
+        return [("random", blocks, draw) for draw, blocks in enumerate(random_draws(flexora, draws))]
     return [(spec.replace(":", "_"), peer_blocks(spec, flexora), None)]
 
 

@@ -295,6 +295,12 @@ def last_ranked(scores: dict, count: int) -> list[int]:
     return highest({b: -value for b, value in scores.items()}, count)
 
 
+def random_draws(flexora: dict, draws: int) -> list[list[int]]:
+    """The main part's random peer of a Flexora run: `draws` random sets of its count, drawn from its seed."""
+    count = len(flexora["selected_layers"])
+    return [random_blocks(flexora["seed"], draw, count) for draw in range(draws)]
+
+
 def peer_key(flexora: dict, arm: str, draw: int | None = None) -> str:
     """The key of a peer's run in a Flexora run's cell (task/regime/arm/seed, then the draw of a random peer)."""
     key = f"{flexora['task']}/{flexora['regime']}/{arm}/{flexora['seed']}"
@@ -464,8 +470,8 @@ class Harness:
         runs.append(flexora)
         count = len(flexora["selected_layers"])
         peers = self.args.main_peers
-        for draw in range(self.profile["random_draws"] if "random" in peers else 0):
-            runs.append(self.peer_run(flexora, "random", random_blocks(seed, draw, count), draw=draw))
+        for draw, blocks in enumerate(random_draws(flexora, self.profile["random_draws"] if "random" in peers else 0)):
+            runs.append(self.peer_run(flexora, "random", blocks, draw=draw))
         if "spectrum" in peers:
             start = time.perf_counter()  # the paper's score (normalised by the largest singular value), as published
             blocks = spectrum_blocks(load_base(self.model_dir), LORA["target_modules"], count, normalize=True)
