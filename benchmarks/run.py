@@ -458,8 +458,6 @@ class Harness:
         """All-block LoRA, Flexora, and of Flexora's count: random blocks (several draws), Spectrum's blocks, the
         lowest blocks (the plain depth rule: the gate leans to the lower blocks, so does it beat that rule?) and the
         blocks its score ranks last."""
-        from .spectrum import spectrum_blocks
-
         runs = self.results["runs"]
         base = f"{task_name}/{regime}"
         runs.append(self.regime_run(f"{base}/lora_all/{seed}", task_name, regime, seed, "lora_all",
@@ -473,24 +471,29 @@ class Harness:
         for draw, blocks in enumerate(random_draws(flexora, self.profile["random_draws"] if "random" in peers else 0)):
             runs.append(self.peer_run(flexora, "random", blocks, draw=draw))
         if "spectrum" in peers:
-            start = time.perf_counter()  # the paper's score (normalised by the largest singular value), as published
-            blocks = spectrum_blocks(load_base(self.model_dir), LORA["target_modules"], count, normalize=True)
-            seconds = time.perf_counter() - start
-            runs.append(self.regime_run(f"{base}/spectrum/{seed}", task_name, regime, seed, "spectrum",
-                                        layers=blocks, selector_seconds=round(seconds, 2)))
+            runs.append(self.spectrum_run(flexora))
         if "lowest" in peers:
-            runs.append(self.regime_run(f"{base}/lowest/{seed}", task_name, regime, seed, "lowest",
-                                        layers=list(range(count))))
+            runs.append(self.peer_run(flexora, "lowest", list(range(count))))
         # The other end of the score's order: if the order carries accuracy, Flexora minus this is larger than
         # Flexora minus random blocks, on the same noise. No search (`selected_layers` given): no order, no peer.
         if "last_ranked" in peers and flexora["scores"]:
             runs.append(self.peer_run(flexora, "last_ranked", last_ranked(flexora["scores"], count)))
 
-    def peer_run(self, flexora: dict, arm: str, blocks: list[int], draw: int | None = None) -> dict:
+    def peer_run(self, flexora: dict, arm: str, blocks: list[int], draw: int | None = None, **labels) -> dict:
         """LoRA on `blocks`, in the cell (task, regime, seed) of a Flexora run: its data, steps and seed."""
-        labels = {} if draw is None else dict(draw=draw)
+        labels.update({} if draw is None else dict(draw=draw))
         return self.regime_run(peer_key(flexora, arm, draw), flexora["task"], flexora["regime"], flexora["seed"], arm,
                                layers=blocks, **labels)
+
+    def spectrum_run(self, flexora: dict) -> dict:
+        """LoRA on Spectrum's blocks of Flexora's count: the paper's score (normalised by the largest singular value),
+        as published, with the seconds it took to choose them."""
+        from .spectrum import spectrum_blocks
+
+        start = time.perf_counter()
+        blocks = spectrum_blocks(load_base(self.model_dir), LORA["target_modules"], len(flexora["selected_layers"]),
+                                 normalize=True)
+        return self.peer_run(flexora, "spectrum", blocks, selector_seconds=round(time.perf_counter() - start, 2))
 
     def linear(self, task_name, regime, seed):
         """The same pair with LoRA on every linear module of the blocks."""

@@ -1,5 +1,5 @@
 """More peers in a record's cells: the blocks a Flexora run's score ranks last, its positive rule's, its top K,
-random K, the main part's random draws."""
+random K, the main part's random draws, Spectrum's blocks and the lowest blocks."""
 
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def test_a_records_command_gives_back_its_json_options(monkeypatch):
 
 
 @pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3", "positive:3",
-                                  "random:"])
-def test_a_peer_that_is_not_one_of_the_five_kinds_is_refused(spec):
-    message = "a peer is last_ranked, positive, random, top:K or random:K with K from 1 to 29"
+                                  "random:", "lowest:3", "spectrum:3", "snr"])
+def test_a_peer_that_is_not_one_of_the_seven_kinds_is_refused(spec):
+    message = "a peer is last_ranked, positive, random, spectrum, lowest, top:K or random:K with K from 1 to 29"
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         peers(f"last_ranked,{spec}")
 
@@ -62,26 +62,29 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     """The committed next_number record, its command at the quick profile's sizes (16 examples, 3 epochs)."""
     record = json.loads(RECORD.read_text())
     command = record["meta"]["command"].replace("--profile dev", "--profile quick")
-    draws = {run["key"]: run["selected_layers"] for run in record["runs"]
-             if run["arm"] == "random" and run["seed"] == 0}
-    record["runs"] = [run for run in record["runs"] if run["arm"] != "random"]  # as if made without the random peer
+    main_peers = ("random", "spectrum", "lowest")
+    made_by_main = {run["key"]: run["selected_layers"] for run in record["runs"]
+                    if run["arm"] in main_peers and run["seed"] == 0}
+    record["runs"] = [run for run in record["runs"] if run["arm"] not in main_peers]  # as if made without them
     quick = tmp_path / "next_number.json"
     quick.write_text(json.dumps({**record, "meta": {**record["meta"], "command": command}}))
     flexora = next(r for r in record["runs"] if r["arm"] == "flexora" and r["seed"] == 0)
     kept, scores = len(flexora["selected_layers"]), {int(b): s for b, s in flexora["scores"].items()}
-    out, call = tmp_path / "peers.json", [str(quick), "--out", str(tmp_path / "peers.json"), "--seeds", "0",
-                                          "--peers", f"last_ranked,top:3,random:{kept},positive,random"]
+    out = tmp_path / "peers.json"
+    call = [str(quick), "--out", str(out), "--seeds", "0",
+            "--peers", f"last_ranked,top:3,random:{kept},positive,random,spectrum,lowest"]
     main(call)
     made = json.loads(out.read_text())["runs"]
-    runs = {run["arm"]: run for run in made if run["arm"] != "random"}
+    runs = {run["arm"]: run for run in made if run["arm"] not in main_peers}
     assert sorted(runs) == ["last_ranked", "positive", f"random_{kept}", "top_3"]
     assert runs["positive"]["selected_layers"] == flexora["selected_layers"]  # a default run: its own selection
     last, top = runs["last_ranked"]["selected_layers"], runs["top_3"]["selected_layers"]
     assert runs["last_ranked"]["key"] == "next_number/overfit/last_ranked/0" and len(last) == kept
     assert max(scores[b] for b in last) <= min(s for b, s in scores.items() if b not in last)
     assert len(top) == 3 and min(scores[b] for b in top) >= max(s for b, s in scores.items() if b not in top)
-    assert runs[f"random_{kept}"]["selected_layers"] == draws["next_number/overfit/random/0/0"]  # the first draw
-    assert {run["key"]: run["selected_layers"] for run in made if run["arm"] == "random"} == draws  # the main part's
+    assert runs[f"random_{kept}"]["selected_layers"] == made_by_main["next_number/overfit/random/0/0"]  # first draw
+    assert {run["key"]: run["selected_layers"] for run in made if run["arm"] in main_peers} == made_by_main
+    assert next(run for run in made if run["arm"] == "spectrum")["selector_seconds"] > 0
     for run in made:  # the command's rate; 16 examples x 3 epochs
         assert run["learning_rate"] == 5e-3 and run["finetune_steps"] == 6 and 0 <= run["accuracy"] <= 1
     rows = report.paired_table(report.combined([record, json.loads(out.read_text())]))
@@ -91,7 +94,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     written = out.read_bytes()
     main(call)
     assert out.read_bytes() == written
-    assert f"runs in {out}: 6" in capsys.readouterr().out
+    assert f"runs in {out}: 8" in capsys.readouterr().out
 
 
 def test_a_peer_the_record_already_has_is_not_made_again(tmp_path, capsys):
