@@ -14,9 +14,9 @@ from flexora_trl.gates import BlockGates
 from flexora_trl.hypergradient import FirstOrder
 from flexora_trl.record import SelectionRecord
 from flexora_trl.scores import AblationScore, BanzhafScore, FinalTaylorScore, InsertionScore, TaylorScore, summarise
-from flexora_trl.search import GateSearch
+from flexora_trl.search import GateSearch, SearchResult
 from flexora_trl.search_data import search_dataloaders
-from flexora_trl.selection import boundary, choose_blocks, separation
+from flexora_trl.selection import boundary, choose_blocks, log_scores, separation
 from tiny import float64_search, flexora_trainer
 
 
@@ -310,6 +310,22 @@ def test_separation_compares_the_boundary_with_its_noise():
     assert not separation(scores, {b: 0.05 for b in scores}, [0, 1])["separated"]
     assert separation(scores, {}, [0, 1, 2, 3])["separated"]
     assert separation(scores, {b: 0.0 for b in scores}, [0, 1])["separated"] is None  # no spread: no noise estimate
+
+
+def test_a_boundary_inside_the_noise_is_logged_as_a_coin_flip_and_a_clear_one_is_not(caplog):
+    """The warning names both blocks, the gap and the noise, what such selections measured, and the budget to raise."""
+    scores = {0: 0.5, 1: 0.1, 2: 0.05, 3: -0.4}
+    result = SearchResult(alpha=scores, gates={}, scores=scores, score_stderr={b: 0.05 for b in scores})
+    with caplog.at_level("WARNING", logger="flexora_trl.selection"):
+        log_scores("gate", result, [0, 1], separation(scores, result.score_stderr, [0, 1]))
+    assert "weakest kept block (1) and the strongest dropped one (2)" in caplog.text
+    assert "coin flip" in caplog.text and "no better than random blocks" in caplog.text
+    assert "`search_samples`" in caplog.text
+    caplog.clear()
+    result.score_stderr = {b: 0.001 for b in scores}
+    with caplog.at_level("WARNING", logger="flexora_trl.selection"):
+        log_scores("gate", result, [0, 1], separation(scores, result.score_stderr, [0, 1]))
+    assert not caplog.records
 
 
 def test_a_score_on_one_validation_batch_says_its_noise_is_unmeasured(tiny_llama_dir, chat_examples, tmp_path,
