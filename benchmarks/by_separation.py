@@ -27,7 +27,7 @@ def flagged_differences(results: dict, minuend: str, peer: str) -> list[tuple[st
     for (task, regime), arms in report.cells(results).items():
         for seed, search in arms.get("flexora", {}).items():
             one, other = arms.get(minuend, {}).get(seed), arms.get(peer, {}).get(seed)
-            if one and other and "score_separation" in search:
+            if one and other and search.get("score_separation"):
                 rows.append((task, regime, search["score_separation"]["separated"],
                              100 * (one["accuracy"] - other["accuracy"])))
     return rows

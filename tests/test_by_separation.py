@@ -37,3 +37,32 @@ def test_the_flags_split_each_regime_into_parts_that_add_up(capsys):
     assert counts[("both", "any")] == counts[("learn", "any")] + counts[("overfit", "any")] == 48
     main([*map(str, RECORDS), "--minuend", "positive", "--peers", "random,lora_all"])
     assert capsys.readouterr().out.splitlines() == lines
+
+
+def test_the_spectrum_and_lowest_peers_and_the_split_in_the_benchmark_readme_are_the_committed_records():
+    """Every cell has Spectrum's and the lowest blocks at the default's count (Spectrum's from one ranking, so a
+    smaller count's blocks are inside a larger one's), and the README's tables are what the modules print."""
+    from benchmarks.add_peers import peer_table
+
+    results, text = combined(), (RESULTS.parent / "README.md").read_text()
+    spectrum_sets = []
+    for (task, regime), arms in report.cells(results).items():
+        for seed in (0, 1, 2):
+            count = len(arms["positive"][seed]["selected_layers"])
+            assert arms["lowest"][seed]["selected_layers"] == list(range(count))
+            spectrum_sets.append(arms["spectrum"][seed]["selected_layers"])
+            assert len(spectrum_sets[-1]) == count, (task, regime, seed)
+    spectrum_sets.sort(key=len)
+    assert all(set(small) <= set(large) for small, large in zip(spectrum_sets, spectrum_sets[1:]))
+    for line in tables(results, "positive", ["random", "spectrum", "lowest", "lora_all"]):
+        assert line in text, line
+    by_regime = {}
+    for regime in ("learn", "overfit"):
+        one = report.combined([json.loads(path.read_text()) for path in RECORDS if path.parent.name == regime])
+        for line in peer_table(one, ["positive", "random", "spectrum", "lowest"])[2:]:
+            pair, cells, mean, interval, record = (cell.strip() for cell in line.strip("|").split("|"))
+            by_regime.setdefault(pair, []).append(f"{mean} {interval} {record}")
+    for pair in ("random - lora_all", "spectrum - lora_all", "lowest - lora_all", "spectrum - random",
+                 "lowest - random"):
+        row = f"| {pair} | {by_regime[pair][0]} | {by_regime[pair][1]} |"
+        assert row in text, row
