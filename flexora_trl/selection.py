@@ -131,6 +131,6 @@ def log_scores(name: str, result, selected: list[int], split: dict) -> None:
         logger.warning(
             "Flexora: the weakest kept block (%d) and the strongest dropped one (%d) differ by %.3g in %s score, "
             "within the noise (2 standard errors: %.3g): the selection at its boundary is a coin flip (in the "
-            "benchmarks, such selections did no better than random blocks of their count). Raise the search budget "
+            "benchmarks, such selections were level with random blocks of their count). Raise the search budget "
             "(`search_samples`, `search_val_batches`) for a selection that holds.",
             split["weakest_kept"], split["strongest_dropped"], split["gap"], name, split["noise"])

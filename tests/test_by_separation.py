@@ -66,3 +66,13 @@ def test_the_spectrum_and_lowest_peers_and_the_split_in_the_benchmark_readme_are
                  "lowest - random"):
         row = f"| {pair} | {by_regime[pair][0]} | {by_regime[pair][1]} |"
         assert row in text, row
+
+
+def test_the_fourth_seeds_split_in_the_benchmark_readme_is_its_committed_records():
+    """The prospective check (seed 3, default options, fixed before it ran): its table is what the module prints."""
+    records = sorted((RESULTS / "default-generated-seed3").glob("*/*.json"))
+    results = report.combined([json.loads(path.read_text()) for path in records])
+    assert {seed for arms in report.cells(results).values() for seed in arms["flexora"]} == {3}
+    text = (RESULTS.parent / "README.md").read_text()
+    for line in tables(results, "flexora", ["random", "lora_all"]):
+        assert line in text, line

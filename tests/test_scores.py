@@ -319,7 +319,7 @@ def test_a_boundary_inside_the_noise_is_logged_as_a_coin_flip_and_a_clear_one_is
     with caplog.at_level("WARNING", logger="flexora_trl.selection"):
         log_scores("gate", result, [0, 1], separation(scores, result.score_stderr, [0, 1]))
     assert "weakest kept block (1) and the strongest dropped one (2)" in caplog.text
-    assert "coin flip" in caplog.text and "no better than random blocks" in caplog.text
+    assert "coin flip" in caplog.text and "level with random blocks" in caplog.text
     assert "`search_samples`" in caplog.text
     caplog.clear()
     result.score_stderr = {b: 0.001 for b in scores}
