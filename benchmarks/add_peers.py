@@ -28,8 +28,8 @@ from flexora_trl.options import FlexoraArguments
 from flexora_trl.selection import choose_blocks
 
 from . import report
-from .run import (NUM_BLOCKS, Harness, Results, highest, integers, last_ranked, offline_and_quiet, parse_args,
-                  peer_key, profile_of, random_blocks, random_draws, write_json)
+from .run import (NUM_BLOCKS, Harness, Results, bottom_blocks, highest, integers, last_ranked, offline_and_quiet,
+                  parse_args, peer_key, profile_of, random_blocks, random_draws, write_json)
 from .stats import paired
 
 
@@ -55,7 +55,7 @@ def peer_blocks(spec: str, flexora: dict) -> list[int]:
     if name == "top":
         return highest(flexora["scores"], int(count))
     if name == "lowest":
-        return list(range(len(flexora["selected_layers"])))
+        return bottom_blocks(len(flexora["selected_layers"]))
     return random_blocks(flexora["seed"], 0, int(count))
 
 

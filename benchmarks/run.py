@@ -295,6 +295,11 @@ def last_ranked(scores: dict, count: int) -> list[int]:
     return highest({b: -value for b, value in scores.items()}, count)
 
 
+def bottom_blocks(count: int) -> list[int]:
+    """The `count` lowest blocks of the stack (the `lowest` peer): the plain depth rule, since the gate leans low."""
+    return list(range(count))
+
+
 def random_draws(flexora: dict, draws: int) -> list[list[int]]:
     """The main part's random peer of a Flexora run: `draws` random sets of its count, drawn from its seed."""
     count = len(flexora["selected_layers"])
@@ -473,7 +478,7 @@ class Harness:
         if "spectrum" in peers:
             runs.append(self.spectrum_run(flexora))
         if "lowest" in peers:
-            runs.append(self.peer_run(flexora, "lowest", list(range(count))))
+            runs.append(self.peer_run(flexora, "lowest", bottom_blocks(count)))
         # The other end of the score's order: if the order carries accuracy, Flexora minus this is larger than
         # Flexora minus random blocks, on the same noise. No search (`selected_layers` given): no order, no peer.
         if "last_ranked" in peers and flexora["scores"]:
