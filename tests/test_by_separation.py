@@ -1,4 +1,5 @@
-"""Flexora's pairs split by its search's noise check, read from the committed third-seed records (48 cells)."""
+"""Flexora's pairs split by its search's noise check, read from the committed third-seed records (48 cells), and the
+gate's top 20 against the default's own blocks in the same cells and a fourth seed (the same module's tables)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.by_separation import flagged_differences, main, tables
+from benchmarks.stats import paired
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 RECORDS = sorted((RESULTS / "warm-start-generated").glob("*/*.json")) + sorted(
@@ -76,3 +78,58 @@ def test_the_fourth_seeds_split_in_the_benchmark_readme_is_its_committed_records
     text = (RESULTS.parent / "README.md").read_text()
     for line in tables(results, "flexora", ["random", "lora_all"]):
         assert line in text, line
+
+
+TOP_20 = RESULTS / "top-20"
+
+
+def top_20_results() -> dict:
+    """The 64 cells of four seeds with their top_20, random_20 and (seed 3) positive peers, read as one run."""
+    records = [*RECORDS, *sorted((RESULTS / "default-generated-seed3").glob("*/*.json")),
+               *sorted(TOP_20.glob("learn/*.json")), *sorted(TOP_20.glob("overfit/*.json"))]
+    return report.combined([json.loads(path.read_text()) for path in records])
+
+
+def test_the_top_20_study_in_the_benchmark_readme_is_its_committed_records():
+    """The gate's 20 highest blocks (top_20) in the 64 cells of four seeds: each is its cell's search's 20 highest
+    alpha, the default's own blocks (`positive`) are in every cell, and the README's table is what the module prints."""
+    from benchmarks.run import highest
+
+    results = top_20_results()
+    found = report.cells(results)
+    assert len(found) == 16
+    for arms in found.values():
+        assert set(arms["top_20"]) == set(arms["positive"]) == set(arms["lora_all"]) == {0, 1, 2, 3}
+        for seed, run in arms["top_20"].items():
+            assert run["selected_layers"] == highest(arms["flexora"][seed]["scores"], 20)
+    text = (RESULTS.parent / "README.md").read_text()
+    for line in tables(results, "top_20", ["positive", "lora_all", "random_20"]):
+        assert line in text, line
+
+
+def test_the_top_20_on_two_other_tasks_in_the_benchmark_readme_is_its_committed_records():
+    """The same peer on the depth-peer records (addition, middle_number; their Flexora arm is the default of its
+    time): the README's table is what the module prints."""
+    records = [*sorted((RESULTS / "depth-peer").glob("seeds*.json")),
+               *(RESULTS / "depth-peer-overfit" / name for name in
+                 ("addition.json", "middle_number_seed5.json", "middle_number_seeds0-4.json")),
+               *sorted((RESULTS / "depth-peer-overfit-replication").glob("*.json")),
+               *sorted((TOP_20 / "depth-peer").glob("*.json"))]
+    results = report.combined([json.loads(path.read_text()) for path in records])
+    assert sum(len(arms["top_20"]) for arms in report.cells(results).values()) == 30
+    text = (RESULTS.parent / "README.md").read_text()
+    for line in tables(results, "top_20", ["flexora", "lora_all"]):
+        assert line in text, line
+    # the two tables' differences joined (the default's half is `positive` in the 64 cells, `flexora` here)
+    cells64 = top_20_results()
+    joined = {name: flagged_differences(cells64, "top_20", first) + flagged_differences(results, "top_20", other)
+              for name, first, other in (("half", "positive", "flexora"), ("all", "lora_all", "lora_all"))}
+    figures = {(name, regime): paired([d for _, r, _, d in rows if regime in (r, "both")])
+               for name, rows in joined.items() for regime in ("learn", "overfit", "both")}
+    assert [figures["half", regime].n for regime in ("learn", "overfit", "both")] == [44, 50, 94]
+    words = " ".join(text.split())
+    interval = "{0.mean:+.1f} [{0.low:+.1f}, {0.high:+.1f}]".format
+    assert (f"top 20 - the default's half {interval(figures['half', 'learn'])} where the fine-tune learns (44 cells), "
+            f"{interval(figures['half', 'overfit'])} where it overfits (50), {interval(figures['half', 'both'])} over "
+            f"both; top 20 - all-block LoRA {interval(figures['all', 'learn'])} and "
+            f"{interval(figures['all', 'overfit']).split(' [')[0]} [") in words
