@@ -13,7 +13,6 @@ paired differences (points, 95 % t interval, wins/losses) by regime and flag, th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def main(argv=None):
     p.add_argument("--peers", default="random,lora_all", type=lambda text: text.split(","),
                    help="comma-separated arms it is compared with (default: random,lora_all)")
     args = p.parse_args(argv)
-    results = report.combined([json.loads(path.read_text()) for path in args.records])
+    results = report.read_combined(args.records)
     print(*tables(results, args.minuend, args.peers), sep="\n")
 
 

@@ -21,7 +21,7 @@ BENCHMARK_README = RESULTS.parent.parent / "README.md"
 
 def committed(folder: str) -> dict:
     """The records of a folder under benchmarks/results, read as one run (`report.combined`)."""
-    return report.combined([json.loads(path.read_text()) for path in sorted((RESULTS.parent / folder).glob("*.json"))])
+    return report.read_combined(sorted((RESULTS.parent / folder).glob("*.json")))
 
 
 def words(path: Path) -> str:
@@ -338,7 +338,7 @@ def test_third_seed_and_random_peer_figures_in_the_benchmark_readme_are_the_comm
 
     paths = [path for folder in ("warm-start-generated", "default-generated")
              for path in sorted((RESULTS.parent / folder / regime).glob("*.json"))]
-    results = report.combined([json.loads(path.read_text()) for path in paths])
+    results = report.read_combined(paths)
     cells, text = report.cells(results), BENCHMARK_README.read_text()
     assert len(cells) == 8
     for (task, _), arms in cells.items():

@@ -16,7 +16,7 @@ RECORDS = sorted((RESULTS / "warm-start-generated").glob("*/*.json")) + sorted(
 
 
 def combined():
-    return report.combined([json.loads(path.read_text()) for path in RECORDS])
+    return report.read_combined(RECORDS)
 
 
 def test_each_cell_carries_its_own_searchs_flag():
@@ -60,7 +60,7 @@ def test_the_spectrum_and_lowest_peers_and_the_split_in_the_benchmark_readme_are
         assert line in text, line
     by_regime = {}
     for regime in ("learn", "overfit"):
-        one = report.combined([json.loads(path.read_text()) for path in RECORDS if path.parent.name == regime])
+        one = report.read_combined(path for path in RECORDS if path.parent.name == regime)
         for line in peer_table(one, ["positive", "random", "spectrum", "lowest"])[2:]:
             pair, cells, mean, interval, record = (cell.strip() for cell in line.strip("|").split("|"))
             by_regime.setdefault(pair, []).append(f"{mean} {interval} {record}")
@@ -73,7 +73,7 @@ def test_the_spectrum_and_lowest_peers_and_the_split_in_the_benchmark_readme_are
 def test_the_fourth_seeds_split_in_the_benchmark_readme_is_its_committed_records():
     """The prospective check (seed 3, default options, fixed before it ran): its table is what the module prints."""
     records = sorted((RESULTS / "default-generated-seed3").glob("*/*.json"))
-    results = report.combined([json.loads(path.read_text()) for path in records])
+    results = report.read_combined(records)
     assert {seed for arms in report.cells(results).values() for seed in arms["flexora"]} == {3}
     text = (RESULTS.parent / "README.md").read_text()
     for line in tables(results, "flexora", ["random", "lora_all"]):
@@ -87,7 +87,7 @@ def top_20_results() -> dict:
     """The 64 cells of four seeds with their top_20, random_20 and (seed 3) positive peers, read as one run."""
     records = [*RECORDS, *sorted((RESULTS / "default-generated-seed3").glob("*/*.json")),
                *sorted(TOP_20.glob("learn/*.json")), *sorted(TOP_20.glob("overfit/*.json"))]
-    return report.combined([json.loads(path.read_text()) for path in records])
+    return report.read_combined(records)
 
 
 def test_the_top_20_study_in_the_benchmark_readme_is_its_committed_records():
@@ -115,7 +115,7 @@ def test_the_top_20_on_two_other_tasks_in_the_benchmark_readme_is_its_committed_
                  ("addition.json", "middle_number_seed5.json", "middle_number_seeds0-4.json")),
                *sorted((RESULTS / "depth-peer-overfit-replication").glob("*.json")),
                *sorted((TOP_20 / "depth-peer").glob("*.json"))]
-    results = report.combined([json.loads(path.read_text()) for path in records])
+    results = report.read_combined(records)
     assert sum(len(arms["top_20"]) for arms in report.cells(results).values()) == 30
     text = (RESULTS.parent / "README.md").read_text()
     for line in tables(results, "top_20", ["flexora", "lora_all"]):
