@@ -9,7 +9,9 @@ trained as the record's own command trained that cell, so they pair with its Fle
 Peers: `last_ranked` (the blocks the score ranks last, as many as Flexora kept: the main part's peer, for records made
 before it had it), `positive` (the blocks the score's own `positive` rule keeps: for a run whose count came from
 elsewhere, e.g. `selection_count_score`, the selection it would have made without), `top:K` (the score's K highest
-blocks: a rule keeping K), `random:K` (K random blocks, the main part's first draw at that count), and the main part's
+blocks: a rule keeping K), `random:K` (K random blocks, the main part's first draw at that count), `all_at_kept_rate`
+(LoRA on all blocks at the cell's learning rate times Flexora's kept fraction: is keeping fewer blocks a lower rate?),
+and the main part's
 own peers of Flexora's count for records made without them, with the same blocks and keys: `random` (its draws),
 `spectrum` (the data-free signal-to-noise blocks) and `lowest` (the bottom of the stack, the plain depth rule). Settings
 (profile, learning rates, precision, lengths) are parsed back from each record's `meta.command`. OUT.json holds the
@@ -33,14 +35,18 @@ from .run import (NUM_BLOCKS, Harness, Results, bottom_blocks, highest, integers
 from .stats import paired
 
 
+NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest", "all_at_kept_rate")
+
+
 def peers(text: str) -> list[str]:
-    """`--peers`: last_ranked, positive, random, spectrum, lowest, top:K or random:K, comma-separated."""
+    """`--peers`: last_ranked, positive, random, spectrum, lowest, all_at_kept_rate, top:K or random:K,
+    comma-separated."""
     specs = text.split(",")
     for spec in specs:
         name, colon, count = spec.partition(":")
-        if not ((name in ("last_ranked", "positive", "random", "spectrum", "lowest") and not colon)
+        if not ((name in NAMED_PEERS and not colon)
                 or (name in ("top", "random") and count.isdigit() and 1 <= int(count) < NUM_BLOCKS)):
-            raise argparse.ArgumentTypeError(f"{spec!r}: a peer is last_ranked, positive, random, spectrum, lowest, "
+            raise argparse.ArgumentTypeError(f"{spec!r}: a peer is {', '.join(NAMED_PEERS)}, "
                                              f"top:K or random:K with K from 1 to {NUM_BLOCKS - 1}")
     return specs
 
@@ -61,11 +67,12 @@ def peer_blocks(spec: str, flexora: dict) -> list[int]:
 
 def cell_runs(spec: str, flexora: dict, draws: int) -> list[tuple[str, list[int], int | None]]:
     """(arm, blocks, draw) of each run a peer adds to a Flexora run's cell: `random` is the main part's draws; the
-    blocks of `spectrum` (None here) are chosen from the model by the harness."""
+    blocks of `spectrum` (None here) are chosen from the model by the harness; `all_at_kept_rate` is all of them
+    (None: LoRA on every block, as all-block LoRA)."""
     if spec == "random":
         return [("random", blocks, draw) for draw, blocks in enumerate(random_draws(flexora, draws))]
-    if spec == "spectrum":
-        return [("spectrum", None, None)]
+    if spec in ("spectrum", "all_at_kept_rate"):
+        return [(spec, None, None)]
     return [(spec.replace(":", "_"), peer_blocks(spec, flexora), None)]
 
 
@@ -111,7 +118,7 @@ def main(argv=None):
     p.add_argument("records", nargs="+", type=Path, help="results JSON of `benchmarks.run --parts main`")
     p.add_argument("--out", type=Path, required=True, help="results JSON of the new runs (kept and added to)")
     p.add_argument("--peers", type=peers, required=True,
-                   help="comma-separated: last_ranked, positive, random, spectrum, lowest, top:K, random:K")
+                   help=f"comma-separated: {', '.join(NAMED_PEERS)}, top:K, random:K")
     p.add_argument("--seeds", type=integers, default=None, help="only the Flexora runs of these seeds (default: all)")
     args = p.parse_args(argv)
     records = {path: json.loads(path.read_text()) for path in args.records}
@@ -133,8 +140,14 @@ def main(argv=None):
                     if peer_key(flexora, arm, draw) in done:
                         continue
                     harness = harness or Harness(run_args)
-                    out["runs"].append(harness.spectrum_run(flexora) if arm == "spectrum"
-                                       else harness.peer_run(flexora, arm, blocks, draw=draw))
+                    if arm == "spectrum":
+                        run = harness.spectrum_run(flexora)
+                    elif arm == "all_at_kept_rate":
+                        run = harness.peer_run(flexora, arm, None,
+                                               rate_scale=len(flexora["selected_layers"]) / NUM_BLOCKS)
+                    else:
+                        run = harness.peer_run(flexora, arm, blocks, draw=draw)
+                    out["runs"].append(run)
                     write_json(args.out, out, indent=1)
     arms = [spec.replace(":", "_") for spec in args.peers]
     print(*peer_table(report.combined([*records.values(), out]), arms), sep="\n")

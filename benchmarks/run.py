@@ -350,9 +350,9 @@ class Harness:
     # -------------------------------------------------------------------------------------------- one training run
     def train_and_eval(self, key, task, seed, arm, layers=None, flexora_opts=None, train_rows=None, max_steps=-1,
                        epochs=1, evaluate=True, curve=False, targets="qv", batch=BATCH, gradient_checkpointing=False,
-                       learning_rate=LEARNING_RATE, max_length=None, model=None, **labels):
+                       learning_rate=LEARNING_RATE, rate_scale=1.0, max_length=None, model=None, **labels):
         """Train one arm (of `model`, by default the base) and score it on the task's test set; `curve` adds the
-        held-out answer loss per epoch."""
+        held-out answer loss per epoch; `rate_scale` multiplies the learning rate the profile or the command gives."""
         from datasets import Dataset
         from peft import LoraConfig
         from transformers import TrainerCallback, set_seed
@@ -370,7 +370,7 @@ class Harness:
         flexora = flexora_opts is not None
         if max_length is None:
             max_length = task_max_length(task.name, self.args.max_length) if task else self.args.max_length
-        lr = self.args.learning_rate or learning_rate
+        lr = (self.args.learning_rate or learning_rate) * rate_scale
         config = make_config(flexora, out_dir, seed, max_length, max_steps, epochs, lr, batch,
                              gradient_checkpointing, self.args.precision == "bf16", **(flexora_opts or {}))
         lora_kwargs = dict(LORA, target_modules=TARGETS[targets])
@@ -409,7 +409,7 @@ class Harness:
         record = trainer.flexora_record.to_dict() if flexora else None  # the JSON form results.json keeps
         result = {
             "key": key, "task": task.name if task else None, "seed": seed, "arm": arm, "targets": targets, **labels,
-            "learning_rate": lr,
+            "learning_rate": lr, **({"rate_scale": rate_scale} if rate_scale != 1.0 else {}),
             "trainable_params": count_trainable(trainer.model), "train_seconds_total": round(total, 2),
             "search_seconds": round(record["search_seconds"], 2) if record else 0.0,
             "finetune_seconds": round(phase["finetune_seconds"], 2),
