@@ -11,7 +11,8 @@ before it had it), `positive` (the blocks the score's own `positive` rule keeps:
 elsewhere, e.g. `selection_count_score`, the selection it would have made without), `top:K` (the score's K highest
 blocks: a rule keeping K), `random:K` (K random blocks, the main part's first draw at that count), `all_at_kept_rate`
 (LoRA on all blocks at the cell's learning rate times Flexora's kept fraction: is keeping fewer blocks a lower rate?),
-and the main part's
+`kept_at_raised_rate` (Flexora's blocks at the rate divided by that fraction: do fewer blocks learn as much at a raised
+rate?), and the main part's
 own peers of Flexora's count for records made without them, with the same blocks and keys: `random` (its draws),
 `spectrum` (the data-free signal-to-noise blocks) and `lowest` (the bottom of the stack, the plain depth rule). Settings
 (profile, learning rates, precision, lengths) are parsed back from each record's `meta.command`. OUT.json holds the
@@ -35,12 +36,11 @@ from .run import (NUM_BLOCKS, Harness, Results, bottom_blocks, highest, integers
 from .stats import paired
 
 
-NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest", "all_at_kept_rate")
+NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest", "all_at_kept_rate", "kept_at_raised_rate")
 
 
 def peers(text: str) -> list[str]:
-    """`--peers`: last_ranked, positive, random, spectrum, lowest, all_at_kept_rate, top:K or random:K,
-    comma-separated."""
+    """`--peers`: one of NAMED_PEERS, top:K or random:K, comma-separated."""
     specs = text.split(",")
     for spec in specs:
         name, colon, count = spec.partition(":")
@@ -62,6 +62,8 @@ def peer_blocks(spec: str, flexora: dict) -> list[int]:
         return highest(flexora["scores"], int(count))
     if name == "lowest":
         return bottom_blocks(len(flexora["selected_layers"]))
+    if name == "kept_at_raised_rate":
+        return flexora["selected_layers"]
     return random_blocks(flexora["seed"], 0, int(count))
 
 
@@ -142,9 +144,10 @@ def main(argv=None):
                     harness = harness or Harness(run_args)
                     if arm == "spectrum":
                         run = harness.spectrum_run(flexora)
-                    elif arm == "all_at_kept_rate":
-                        run = harness.peer_run(flexora, arm, None,
-                                               rate_scale=len(flexora["selected_layers"]) / NUM_BLOCKS)
+                    elif arm in ("all_at_kept_rate", "kept_at_raised_rate"):
+                        kept = len(flexora["selected_layers"]) / NUM_BLOCKS
+                        run = harness.peer_run(flexora, arm, blocks,
+                                               rate_scale=kept if arm == "all_at_kept_rate" else 1 / kept)
                     else:
                         run = harness.peer_run(flexora, arm, blocks, draw=draw)
                     out["runs"].append(run)
