@@ -12,7 +12,7 @@ elsewhere, e.g. `selection_count_score`, the selection it would have made withou
 blocks: a rule keeping K), `random:K` (K random blocks, the main part's first draw at that count), `all_at_kept_rate`
 (LoRA on all blocks at the cell's learning rate times Flexora's kept fraction: is keeping fewer blocks a lower rate?),
 `kept_at_raised_rate` (Flexora's blocks at the rate divided by that fraction: do fewer blocks learn as much at a raised
-rate?), and the main part's
+rate?), `all_at_raised_rate` (all blocks at that raised rate: is the gain the rate's?), and the main part's
 own peers of Flexora's count for records made without them, with the same blocks and keys: `random` (its draws),
 `spectrum` (the data-free signal-to-noise blocks) and `lowest` (the bottom of the stack, the plain depth rule). Settings
 (profile, learning rates, precision, lengths) are parsed back from each record's `meta.command`. OUT.json holds the
@@ -36,7 +36,9 @@ from .run import (NUM_BLOCKS, Harness, Results, bottom_blocks, highest, integers
 from .stats import paired
 
 
-NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest", "all_at_kept_rate", "kept_at_raised_rate")
+# arm: (LoRA on Flexora's blocks, else on all; the power of Flexora's kept fraction that multiplies the cell's rate)
+RATE_PEERS = {"all_at_kept_rate": (False, 1), "kept_at_raised_rate": (True, -1), "all_at_raised_rate": (False, -1)}
+NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest", *RATE_PEERS)
 
 
 def peers(text: str) -> list[str]:
@@ -62,18 +64,18 @@ def peer_blocks(spec: str, flexora: dict) -> list[int]:
         return highest(flexora["scores"], int(count))
     if name == "lowest":
         return bottom_blocks(len(flexora["selected_layers"]))
-    if name == "kept_at_raised_rate":
-        return flexora["selected_layers"]
     return random_blocks(flexora["seed"], 0, int(count))
 
 
 def cell_runs(spec: str, flexora: dict, draws: int) -> list[tuple[str, list[int], int | None]]:
     """(arm, blocks, draw) of each run a peer adds to a Flexora run's cell: `random` is the main part's draws; the
-    blocks of `spectrum` (None here) are chosen from the model by the harness; `all_at_kept_rate` is all of them
-    (None: LoRA on every block, as all-block LoRA)."""
+    blocks of `spectrum` (None here) are chosen from the model by the harness; None is every block for a rate peer
+    (LoRA on all blocks, as all-block LoRA)."""
     if spec == "random":
         return [("random", blocks, draw) for draw, blocks in enumerate(random_draws(flexora, draws))]
-    if spec in ("spectrum", "all_at_kept_rate"):
+    if spec in RATE_PEERS:
+        return [(spec, flexora["selected_layers"] if RATE_PEERS[spec][0] else None, None)]
+    if spec == "spectrum":
         return [(spec, None, None)]
     return [(spec.replace(":", "_"), peer_blocks(spec, flexora), None)]
 
@@ -144,10 +146,9 @@ def main(argv=None):
                     harness = harness or Harness(run_args)
                     if arm == "spectrum":
                         run = harness.spectrum_run(flexora)
-                    elif arm in ("all_at_kept_rate", "kept_at_raised_rate"):
+                    elif arm in RATE_PEERS:
                         kept = len(flexora["selected_layers"]) / NUM_BLOCKS
-                        run = harness.peer_run(flexora, arm, blocks,
-                                               rate_scale=kept if arm == "all_at_kept_rate" else 1 / kept)
+                        run = harness.peer_run(flexora, arm, blocks, rate_scale=kept ** RATE_PEERS[arm][1])
                     else:
                         run = harness.peer_run(flexora, arm, blocks, draw=draw)
                     out["runs"].append(run)

@@ -1,6 +1,6 @@
 """More peers in a record's cells: the blocks a Flexora run's score ranks last, its positive rule's, its top K,
 random K, the main part's random draws, Spectrum's blocks, the lowest blocks, all blocks at the kept fraction of the
-rate and the kept blocks at the rate raised by it."""
+rate, and the kept blocks and all blocks at the rate raised by it."""
 
 from __future__ import annotations
 
@@ -52,10 +52,10 @@ def test_a_records_command_gives_back_its_json_options(monkeypatch):
 
 @pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3", "positive:3",
                                   "random:", "lowest:3", "spectrum:3", "all_at_kept_rate:3", "kept_at_raised_rate:3",
-                                  "snr"])
-def test_a_peer_that_is_not_one_of_the_nine_kinds_is_refused(spec):
+                                  "all_at_raised_rate:3", "snr"])
+def test_a_peer_that_is_not_one_of_the_ten_kinds_is_refused(spec):
     message = ("a peer is last_ranked, positive, random, spectrum, lowest, all_at_kept_rate, kept_at_raised_rate, "
-               "top:K or random:K with K from 1 to 29")
+               "all_at_raised_rate, top:K or random:K with K from 1 to 29")
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         peers(f"last_ranked,{spec}")
 
@@ -74,18 +74,20 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     flexora = next(r for r in record["runs"] if r["arm"] == "flexora" and r["seed"] == 0)
     kept, scores = len(flexora["selected_layers"]), {int(b): s for b, s in flexora["scores"].items()}
     out = tmp_path / "peers.json"
+    rate_peers = "all_at_kept_rate,kept_at_raised_rate,all_at_raised_rate"
     call = [str(quick), "--out", str(out), "--seeds", "0", "--peers",
-            f"last_ranked,top:3,random:{kept},positive,random,spectrum,lowest,all_at_kept_rate,kept_at_raised_rate"]
+            f"last_ranked,top:3,random:{kept},positive,random,spectrum,lowest,{rate_peers}"]
     main(call)
     made = json.loads(out.read_text())["runs"]
     runs = {run["arm"]: run for run in made if run["arm"] not in main_peers}
     slower = runs.pop("all_at_kept_rate")  # every block, the command's rate times the kept fraction
     assert slower["key"] == "next_number/overfit/all_at_kept_rate/0" and slower["selected_layers"] is None
     assert slower["trainable_params"] == flexora["lora_params_all_blocks"]
-    assert slower["learning_rate"] == pytest.approx(5e-3 * kept / 30) and slower["rate_scale"] == kept / 30
-    faster = runs.pop("kept_at_raised_rate")  # Flexora's blocks, the rate divided by the kept fraction
-    assert faster["selected_layers"] == flexora["selected_layers"]
-    assert faster["learning_rate"] == pytest.approx(5e-3 * 30 / kept) and faster["rate_scale"] == 30 / kept
+    assert slower["learning_rate"] == pytest.approx(5e-3 * kept / 30) == 5e-3 * slower["rate_scale"]
+    for arm, blocks in (("kept_at_raised_rate", flexora["selected_layers"]), ("all_at_raised_rate", None)):
+        faster = runs.pop(arm)  # the rate divided by the kept fraction
+        assert faster["selected_layers"] == blocks and faster["key"] == f"next_number/overfit/{arm}/0"
+        assert faster["learning_rate"] == pytest.approx(5e-3 * 30 / kept) == 5e-3 * faster["rate_scale"]
     assert sorted(runs) == ["last_ranked", "positive", f"random_{kept}", "top_3"]
     assert runs["positive"]["selected_layers"] == flexora["selected_layers"]  # a default run: its own selection
     last, top = runs["last_ranked"]["selected_layers"], runs["top_3"]["selected_layers"]
@@ -96,7 +98,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     assert {run["key"]: run["selected_layers"] for run in made if run["arm"] in main_peers} == made_by_main
     assert next(run for run in made if run["arm"] == "spectrum")["selector_seconds"] > 0
     for run in made:  # the command's rate but for the two peers of another rate; 16 examples x 3 epochs
-        assert run["learning_rate"] == 5e-3 or run["arm"] in ("all_at_kept_rate", "kept_at_raised_rate")
+        assert run["learning_rate"] == 5e-3 or run["arm"] in rate_peers.split(",")
         assert run["finetune_steps"] == 6 and 0 <= run["accuracy"] <= 1
     rows = report.paired_table(report.combined([record, json.loads(out.read_text())]))
     assert any(row.startswith("| next_number | overfit | last-ranked blocks | 1 |") for row in rows)
@@ -106,7 +108,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     written = out.read_bytes()
     main(call)
     assert out.read_bytes() == written
-    assert f"runs in {out}: 10" in capsys.readouterr().out
+    assert f"runs in {out}: 11" in capsys.readouterr().out
 
 
 def test_a_peer_the_record_already_has_is_not_made_again(tmp_path, capsys):
