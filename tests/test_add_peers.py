@@ -97,7 +97,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     assert runs[f"random_{kept}"]["selected_layers"] == made_by_main["next_number/overfit/random/0/0"]  # first draw
     assert {run["key"]: run["selected_layers"] for run in made if run["arm"] in main_peers} == made_by_main
     assert next(run for run in made if run["arm"] == "spectrum")["selector_seconds"] > 0
-    for run in made:  # the command's rate but for the two peers of another rate; 16 examples x 3 epochs
+    for run in made:  # the command's rate but for the rate peers; 16 examples x 3 epochs
         assert run["learning_rate"] == 5e-3 or run["arm"] in rate_peers.split(",")
         assert run["finetune_steps"] == 6 and 0 <= run["accuracy"] <= 1
     rows = report.paired_table(report.combined([record, json.loads(out.read_text())]))

@@ -133,3 +133,45 @@ def test_the_top_20_on_two_other_tasks_in_the_benchmark_readme_is_its_committed_
             f"{interval(figures['half', 'overfit'])} where it overfits (50), {interval(figures['half', 'both'])} over "
             f"both; top 20 - all-block LoRA {interval(figures['all', 'learn'])} and "
             f"{interval(figures['all', 'overfit']).split(' [')[0]} [") in words
+
+
+RATE_PEERS = RESULTS / "rate-peers"
+
+
+def rate_peer_results() -> dict:
+    """The 64 cells of four seeds with the default's own blocks in every cell and the rate peers, read as one run."""
+    records = [*RECORDS, *sorted((RESULTS / "default-generated-seed3").glob("*/*.json")),
+               *sorted(TOP_20.glob("*/positive3_*.json")), *sorted(RATE_PEERS.glob("*/*.json"))]
+    return report.read_combined(records)
+
+
+def test_the_rate_peers_in_the_benchmark_readme_are_their_committed_records():
+    """all_at_kept_rate (every block), kept_at_raised_rate (the default's own) and all_at_raised_rate (every block,
+    the learn cells) at the cell's all-block rate times, or divided by, the default's kept fraction, in every cell of
+    four seeds: the README's tables and figures are what the module prints."""
+    import pytest
+
+    results = rate_peer_results()
+    found = report.cells(results)
+    assert len(found) == 16
+    for (_, regime), arms in found.items():
+        peers = ["all_at_kept_rate", "kept_at_raised_rate"] + (["all_at_raised_rate"] if regime == "learn" else [])
+        for arm in peers:
+            assert set(arms[arm]) == {0, 1, 2, 3}, (arm, regime)
+            for seed, run in arms[arm].items():
+                kept = arms["positive"][seed]["selected_layers"]
+                scale = (len(kept) / 30) ** (1 if arm == "all_at_kept_rate" else -1)
+                assert run["learning_rate"] == pytest.approx(arms["lora_all"][seed]["learning_rate"] * scale)
+                assert run["selected_layers"] == (kept if arm == "kept_at_raised_rate" else None)
+    text = (RESULTS.parent / "README.md").read_text()
+    for minuend, peers in (("positive", ["all_at_kept_rate", "kept_at_raised_rate", "lora_all"]),
+                           ("kept_at_raised_rate", ["lora_all", "all_at_raised_rate"])):
+        for line in tables(results, minuend, peers):
+            assert line in text, line
+    words = " ".join(text.split())
+    for one, other, regime, label in (("all_at_kept_rate", "lora_all", "learn", "P - A"),
+                                      ("random", "all_at_kept_rate", "learn", "R - P"),
+                                      ("all_at_kept_rate", "lora_all", "overfit", "P - A"),
+                                      ("kept_at_raised_rate", "positive", "overfit", "Q - F")):
+        p = paired([d for _, r, _, d in flagged_differences(results, one, other) if r == regime])
+        assert f"{label} {p.mean:+.1f} [{p.low:+.1f}, {p.high:+.1f}] ({regime}, {p.n} cells)" in words
