@@ -470,10 +470,10 @@ def combined(parts: list[dict]) -> dict:
     return {**parts[0], "runs": list(runs.values()), "meta": meta}
 
 
-
 def read_combined(paths) -> dict:
     """Result files (e.g. a record and its `add_peers` outputs) read as one run: `combined` over their contents."""
     return combined([json.loads(Path(path).read_text()) for path in paths])
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])

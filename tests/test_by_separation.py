@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import report
 from benchmarks.by_separation import flagged_differences, main, tables
 from benchmarks.stats import paired
@@ -81,12 +83,12 @@ def test_the_fourth_seeds_split_in_the_benchmark_readme_is_its_committed_records
 
 
 TOP_20 = RESULTS / "top-20"
+FOUR_SEEDS = [*RECORDS, *sorted((RESULTS / "default-generated-seed3").glob("*/*.json"))]  # the 64 cells' records
 
 
 def top_20_results() -> dict:
     """The 64 cells of four seeds with their top_20, random_20 and (seed 3) positive peers, read as one run."""
-    records = [*RECORDS, *sorted((RESULTS / "default-generated-seed3").glob("*/*.json")),
-               *sorted(TOP_20.glob("learn/*.json")), *sorted(TOP_20.glob("overfit/*.json"))]
+    records = [*FOUR_SEEDS, *sorted(TOP_20.glob("learn/*.json")), *sorted(TOP_20.glob("overfit/*.json"))]
     return report.read_combined(records)
 
 
@@ -140,8 +142,7 @@ RATE_PEERS = RESULTS / "rate-peers"
 
 def rate_peer_results() -> dict:
     """The 64 cells of four seeds with the default's own blocks in every cell and the rate peers, read as one run."""
-    records = [*RECORDS, *sorted((RESULTS / "default-generated-seed3").glob("*/*.json")),
-               *sorted(TOP_20.glob("*/positive3_*.json")), *sorted(RATE_PEERS.glob("*/*.json"))]
+    records = [*FOUR_SEEDS, *sorted(TOP_20.glob("*/positive3_*.json")), *sorted(RATE_PEERS.glob("*/*.json"))]
     return report.read_combined(records)
 
 
@@ -149,8 +150,6 @@ def test_the_rate_peers_in_the_benchmark_readme_are_their_committed_records():
     """all_at_kept_rate (every block), kept_at_raised_rate (the default's own) and all_at_raised_rate (every block,
     the learn cells) at the cell's all-block rate times, or divided by, the default's kept fraction, in every cell of
     four seeds: the README's tables and figures are what the module prints."""
-    import pytest
-
     results = rate_peer_results()
     found = report.cells(results)
     assert len(found) == 16
