@@ -1,6 +1,6 @@
 """More peers in a record's cells: the blocks a Flexora run's score ranks last, its positive rule's, its top K,
 random K, the main part's random draws, Spectrum's blocks, the lowest blocks, all blocks at the kept fraction of the
-rate, and the kept blocks and all blocks at the rate raised by it."""
+rate, the kept blocks and all blocks at the rate raised by it, and either at the rate times a given factor."""
 
 from __future__ import annotations
 
@@ -52,10 +52,12 @@ def test_a_records_command_gives_back_its_json_options(monkeypatch):
 
 @pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3", "positive:3",
                                   "random:", "lowest:3", "spectrum:3", "all_at_kept_rate:3", "kept_at_raised_rate:3",
-                                  "all_at_raised_rate:3", "snr"])
-def test_a_peer_that_is_not_one_of_the_ten_kinds_is_refused(spec):
+                                  "all_at_raised_rate:3", "snr", "kept_at_rate", "kept_at_rate:0", "all_at_rate:-1",
+                                  "all_at_rate:x", "kept_at_rate:inf", "all_at_rate:nan"])
+def test_a_peer_that_is_not_one_of_the_twelve_kinds_is_refused(spec):
     message = ("a peer is last_ranked, positive, random, spectrum, lowest, all_at_kept_rate, kept_at_raised_rate, "
-               "all_at_raised_rate, top:K or random:K with K from 1 to 29")
+               "all_at_raised_rate, top:K or random:K with K from 1 to 29, kept_at_rate:X or all_at_rate:X with X a "
+               "positive number")
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         peers(f"last_ranked,{spec}")
 
@@ -74,7 +76,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     flexora = next(r for r in record["runs"] if r["arm"] == "flexora" and r["seed"] == 0)
     kept, scores = len(flexora["selected_layers"]), {int(b): s for b, s in flexora["scores"].items()}
     out = tmp_path / "peers.json"
-    rate_peers = "all_at_kept_rate,kept_at_raised_rate,all_at_raised_rate"
+    rate_peers = "all_at_kept_rate,kept_at_raised_rate,all_at_raised_rate,kept_at_rate:2,all_at_rate:0.5"
     call = [str(quick), "--out", str(out), "--seeds", "0", "--peers",
             f"last_ranked,top:3,random:{kept},positive,random,spectrum,lowest,{rate_peers}"]
     main(call)
@@ -88,6 +90,10 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
         faster = runs.pop(arm)  # the rate divided by the kept fraction
         assert faster["selected_layers"] == blocks and faster["key"] == f"next_number/overfit/{arm}/0"
         assert faster["learning_rate"] == pytest.approx(5e-3 * 30 / kept) == 5e-3 * faster["rate_scale"]
+    for arm, blocks, rate in (("kept_at_rate_2", flexora["selected_layers"], 1e-2), ("all_at_rate_0.5", None, 2.5e-3)):
+        scaled = runs.pop(arm)  # the rate times the spec's factor
+        assert scaled["selected_layers"] == blocks and scaled["key"] == f"next_number/overfit/{arm}/0"
+        assert scaled["learning_rate"] == pytest.approx(rate)
     assert sorted(runs) == ["last_ranked", "positive", f"random_{kept}", "top_3"]
     assert runs["positive"]["selected_layers"] == flexora["selected_layers"]  # a default run: its own selection
     last, top = runs["last_ranked"]["selected_layers"], runs["top_3"]["selected_layers"]
@@ -98,7 +104,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     assert {run["key"]: run["selected_layers"] for run in made if run["arm"] in main_peers} == made_by_main
     assert next(run for run in made if run["arm"] == "spectrum")["selector_seconds"] > 0
     for run in made:  # the command's rate but for the rate peers; 16 examples x 3 epochs
-        assert run["learning_rate"] == 5e-3 or run["arm"] in rate_peers.split(",")
+        assert run["learning_rate"] == 5e-3 or run["arm"] in rate_peers.replace(":", "_").split(",")
         assert run["finetune_steps"] == 6 and 0 <= run["accuracy"] <= 1
     rows = report.paired_table(report.combined([record, json.loads(out.read_text())]))
     assert any(row.startswith("| next_number | overfit | last-ranked blocks | 1 |") for row in rows)
@@ -108,7 +114,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     written = out.read_bytes()
     main(call)
     assert out.read_bytes() == written
-    assert f"runs in {out}: 11" in capsys.readouterr().out
+    assert f"runs in {out}: 13" in capsys.readouterr().out
 
 
 def test_a_peer_the_record_already_has_is_not_made_again(tmp_path, capsys):
