@@ -1,5 +1,6 @@
 """Flexora's pairs split by its search's noise check, read from the committed third-seed records (48 cells), and the
-gate's top 20 against the default's own blocks in the same cells and a fourth seed (the same module's tables)."""
+gate's top 20 against the default's own blocks in the same cells and a fourth seed (the same module's tables), the
+rate peers, and the rate grid's best rates (`benchmarks.best_rate`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
+from benchmarks.best_rate import tables as best_rate_tables
 from benchmarks.by_separation import flagged_differences, main, tables
 from benchmarks.stats import paired
 
@@ -174,3 +176,29 @@ def test_the_rate_peers_in_the_benchmark_readme_are_their_committed_records():
                                       ("kept_at_raised_rate", "positive", "overfit", "Q - F")):
         p = paired([d for _, r, _, d in flagged_differences(results, one, other) if r == regime])
         assert f"{label} {p.mean:+.1f} [{p.low:+.1f}, {p.high:+.1f}] ({regime}, {p.n} cells)" in words
+
+
+def test_the_rate_grid_in_the_benchmark_readme_is_its_committed_records():
+    """The default's blocks and all blocks at 4 and 8 times the cell's rate in every learn cell of four seeds, and the
+    README's best-rate tables are what `benchmarks.best_rate` prints from them with the rate peers."""
+    grid = sorted((RESULTS / "rate-grid").glob("learn/*.json"))
+    results = report.read_combined([*FOUR_SEEDS, *sorted(TOP_20.glob("learn/positive3_*.json")),
+                                    *sorted(RATE_PEERS.glob("learn/*.json")), *grid])
+    found = {cell: arms for cell, arms in report.cells(results).items() if cell[1] == "learn"}
+    assert len(found) == 8
+    factors = sorted({float(path.stem.split("_")[0].removeprefix("x")) for path in grid})
+    for arms in found.values():
+        for factor in factors:
+            for arm, on_kept in ((f"kept_at_rate_{factor:g}", True), (f"all_at_rate_{factor:g}", False)):
+                assert set(arms[arm]) == {0, 1, 2, 3}, arm
+                for seed, run in arms[arm].items():
+                    assert run["learning_rate"] == pytest.approx(arms["lora_all"][seed]["learning_rate"] * factor)
+                    assert run["selected_layers"] == (arms["positive"][seed]["selected_layers"] if on_kept else None)
+    text = (RESULTS.parent / "README.md").read_text()
+    rates = [f"_at_rate_{factor:g}" for factor in factors]
+    for top in range(len(factors) + 1):  # the grid up to each factor: its pooled row, and every line of the whole grid
+        kept = ["positive", "kept_at_raised_rate", *("kept" + rate for rate in rates[:top])]
+        every = ["lora_all", "all_at_raised_rate", *("all" + rate for rate in rates[:top])]
+        lines = best_rate_tables(results, kept, every)
+        for line in lines if top == len(factors) else lines[-1:]:
+            assert line in text, line
