@@ -12,13 +12,14 @@ elsewhere, e.g. `selection_count_score`, the selection it would have made withou
 blocks: a rule keeping K), `random:K` (K random blocks, the main part's first draw at that count), `all_at_kept_rate`
 (LoRA on all blocks at the cell's learning rate times Flexora's kept fraction: is keeping fewer blocks a lower rate?),
 `kept_at_raised_rate` (Flexora's blocks at the rate divided by that fraction: do fewer blocks learn as much at a raised
-rate?), `all_at_raised_rate` (all blocks at that raised rate: is the gain the rate's?), `kept_at_rate:X` and
-`all_at_rate:X` (Flexora's blocks, or all blocks, at the cell's rate times X: a grid of rates for each arm), and the
-main part's own peers of Flexora's count for records made without them, with the same blocks and keys: `random` (its
-draws), `spectrum` (the data-free signal-to-noise blocks) and `lowest` (the bottom of the stack, the plain depth rule).
-Settings (profile, learning rates, precision, lengths) are parsed back from each record's `meta.command`. OUT.json holds
-the first record's meta and the new runs only; it is written after every run, a run already in it or in a record is not
-made again, and the table at the end pairs every new arm by cell.
+rate?), `all_at_raised_rate` (all blocks at that raised rate: is the gain the rate's?), `kept_at_rate:X`,
+`all_at_rate:X` and `random_at_rate:X` (Flexora's blocks, all blocks, or the first random draw of Flexora's count, at
+the cell's rate times X: a grid of rates for each), and the main part's own peers of Flexora's count for records made
+without them, with the same blocks and keys: `random` (its draws), `spectrum` (the data-free signal-to-noise blocks) and
+`lowest` (the bottom of the stack, the plain depth rule). Settings (profile, learning rates, precision, lengths) are
+parsed back from each record's `meta.command`. OUT.json holds the first record's meta and the new runs only; it is
+written after every run, a run already in it or in a record is not made again, and the table at the end pairs every new
+arm by cell.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from .stats import paired
 # arm: (LoRA on Flexora's blocks, else on all; the power of Flexora's kept fraction that multiplies the cell's rate)
 RATE_PEERS = {"all_at_kept_rate": (False, 1), "kept_at_raised_rate": (True, -1), "all_at_raised_rate": (False, -1)}
 NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest", *RATE_PEERS)
-# peer: LoRA on Flexora's blocks, else on all; the cell's rate times the spec's X (kept_at_rate:4)
-SCALED_RATE_PEERS = {"kept_at_rate": True, "all_at_rate": False}
+# peer: its blocks in a Flexora run's cell (None: all), at the cell's rate times the spec's X (kept_at_rate:4)
+SCALED_RATE_PEERS = {"kept_at_rate": lambda flexora: flexora["selected_layers"], "all_at_rate": lambda flexora: None,
+                     "random_at_rate": lambda flexora: random_draws(flexora, 1)[0]}
 
 
 def positive_number(text: str) -> bool:
@@ -52,7 +54,7 @@ def positive_number(text: str) -> bool:
 
 
 def peers(text: str) -> list[str]:
-    """`--peers`: one of NAMED_PEERS, top:K, random:K, kept_at_rate:X or all_at_rate:X, comma-separated."""
+    """`--peers`: one of NAMED_PEERS, top:K, random:K, or a rate grid's point (kept_at_rate:X...), comma-separated."""
     specs = text.split(",")
     for spec in specs:
         name, colon, count = spec.partition(":")
@@ -60,8 +62,8 @@ def peers(text: str) -> list[str]:
                 or (name in ("top", "random") and count.isdigit() and 1 <= int(count) < NUM_BLOCKS)
                 or (name in SCALED_RATE_PEERS and positive_number(count))):
             raise argparse.ArgumentTypeError(f"{spec!r}: a peer is {', '.join(NAMED_PEERS)}, top:K or random:K with "
-                                             f"K from 1 to {NUM_BLOCKS - 1}, kept_at_rate:X or all_at_rate:X with X "
-                                             "a positive number")
+                                             f"K from 1 to {NUM_BLOCKS - 1}, kept_at_rate:X, all_at_rate:X or "
+                                             "random_at_rate:X with X a positive number")
     return specs
 
 
@@ -94,9 +96,10 @@ def cell_runs(spec: str, flexora: dict, draws: int) -> list[tuple[str, list[int]
     if spec == "random":
         return [("random", blocks, draw) for draw, blocks in enumerate(random_draws(flexora, draws))]
     name = spec.partition(":")[0]
-    if name in RATE_PEERS or name in SCALED_RATE_PEERS:
-        on_kept = RATE_PEERS[name][0] if name in RATE_PEERS else SCALED_RATE_PEERS[name]
-        return [(spec.replace(":", "_"), flexora["selected_layers"] if on_kept else None, None)]
+    if name in RATE_PEERS:
+        return [(spec, flexora["selected_layers"] if RATE_PEERS[name][0] else None, None)]
+    if name in SCALED_RATE_PEERS:
+        return [(spec.replace(":", "_"), SCALED_RATE_PEERS[name](flexora), None)]
     if spec == "spectrum":
         return [(spec, None, None)]
     return [(spec.replace(":", "_"), peer_blocks(spec, flexora), None)]
@@ -145,7 +148,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, required=True, help="results JSON of the new runs (kept and added to)")
     p.add_argument("--peers", type=peers, required=True,
                    help=f"comma-separated: {', '.join(NAMED_PEERS)}, top:K, random:K, "
-                                                          "kept_at_rate:X, all_at_rate:X")
+                                                          "kept_at_rate:X, all_at_rate:X, random_at_rate:X")
     p.add_argument("--seeds", type=integers, default=None, help="only the Flexora runs of these seeds (default: all)")
     args = p.parse_args(argv)
     records = {path: json.loads(path.read_text()) for path in args.records}

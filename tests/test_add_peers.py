@@ -1,6 +1,7 @@
 """More peers in a record's cells: the blocks a Flexora run's score ranks last, its positive rule's, its top K,
 random K, the main part's random draws, Spectrum's blocks, the lowest blocks, all blocks at the kept fraction of the
-rate, the kept blocks and all blocks at the rate raised by it, and either at the rate times a given factor."""
+rate, the kept blocks and all blocks at the rate raised by it, and those or random blocks at the rate times a given
+factor."""
 
 from __future__ import annotations
 
@@ -53,11 +54,11 @@ def test_a_records_command_gives_back_its_json_options(monkeypatch):
 @pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3", "positive:3",
                                   "random:", "lowest:3", "spectrum:3", "all_at_kept_rate:3", "kept_at_raised_rate:3",
                                   "all_at_raised_rate:3", "snr", "kept_at_rate", "kept_at_rate:0", "all_at_rate:-1",
-                                  "all_at_rate:x", "kept_at_rate:inf", "all_at_rate:nan"])
-def test_a_peer_that_is_not_one_of_the_twelve_kinds_is_refused(spec):
+                                  "all_at_rate:x", "kept_at_rate:inf", "all_at_rate:nan", "random_at_rate"])
+def test_a_peer_that_is_not_one_of_the_thirteen_kinds_is_refused(spec):
     message = ("a peer is last_ranked, positive, random, spectrum, lowest, all_at_kept_rate, kept_at_raised_rate, "
-               "all_at_raised_rate, top:K or random:K with K from 1 to 29, kept_at_rate:X or all_at_rate:X with X a "
-               "positive number")
+               "all_at_raised_rate, top:K or random:K with K from 1 to 29, kept_at_rate:X, all_at_rate:X or "
+               "random_at_rate:X with X a positive number")
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         peers(f"last_ranked,{spec}")
 
@@ -76,7 +77,8 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     flexora = next(r for r in record["runs"] if r["arm"] == "flexora" and r["seed"] == 0)
     kept, scores = len(flexora["selected_layers"]), {int(b): s for b, s in flexora["scores"].items()}
     out = tmp_path / "peers.json"
-    rate_peers = "all_at_kept_rate,kept_at_raised_rate,all_at_raised_rate,kept_at_rate:2,all_at_rate:0.5"
+    rate_peers = ("all_at_kept_rate,kept_at_raised_rate,all_at_raised_rate,kept_at_rate:2,all_at_rate:0.5,"
+                  "random_at_rate:2")
     call = [str(quick), "--out", str(out), "--seeds", "0", "--peers",
             f"last_ranked,top:3,random:{kept},positive,random,spectrum,lowest,{rate_peers}"]
     main(call)
@@ -90,7 +92,9 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
         faster = runs.pop(arm)  # the rate divided by the kept fraction
         assert faster["selected_layers"] == blocks and faster["key"] == f"next_number/overfit/{arm}/0"
         assert faster["learning_rate"] == pytest.approx(5e-3 * 30 / kept) == 5e-3 * faster["rate_scale"]
-    for arm, blocks, rate in (("kept_at_rate_2", flexora["selected_layers"], 1e-2), ("all_at_rate_0.5", None, 2.5e-3)):
+    scaled_peers = (("kept_at_rate_2", flexora["selected_layers"], 1e-2), ("all_at_rate_0.5", None, 2.5e-3),
+                    ("random_at_rate_2", made_by_main["next_number/overfit/random/0/0"], 1e-2))  # the first draw
+    for arm, blocks, rate in scaled_peers:
         scaled = runs.pop(arm)  # the rate times the spec's factor
         assert scaled["selected_layers"] == blocks and scaled["key"] == f"next_number/overfit/{arm}/0"
         assert scaled["learning_rate"] == pytest.approx(rate)
@@ -114,7 +118,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     written = out.read_bytes()
     main(call)
     assert out.read_bytes() == written
-    assert f"runs in {out}: 13" in capsys.readouterr().out
+    assert f"runs in {out}: 14" in capsys.readouterr().out
 
 
 def test_a_peer_the_record_already_has_is_not_made_again(tmp_path, capsys):
