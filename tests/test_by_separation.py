@@ -181,7 +181,7 @@ def test_the_rate_peers_in_the_benchmark_readme_are_their_committed_records():
 def test_the_rate_grid_in_the_benchmark_readme_is_its_committed_records():
     """The default's blocks and all blocks at 4 and 8 times the cell's rate in every learn cell of four seeds, and the
     README's best-rate tables are what `benchmarks.best_rate` prints from them with the rate peers."""
-    grid = sorted((RESULTS / "rate-grid").glob("learn/*.json"))
+    grid = sorted((RESULTS / "rate-grid").glob("learn/x*.json"))
     results = report.read_combined([*FOUR_SEEDS, *sorted(TOP_20.glob("learn/positive3_*.json")),
                                     *sorted(RATE_PEERS.glob("learn/*.json")), *grid])
     found = {cell: arms for cell, arms in report.cells(results).items() if cell[1] == "learn"}
@@ -202,3 +202,24 @@ def test_the_rate_grid_in_the_benchmark_readme_is_its_committed_records():
         lines = best_rate_tables(results, kept, every)
         for line in lines if top == len(factors) else lines[-1:]:
             assert line in text, line
+
+
+def test_random_blocks_at_four_times_the_rate_in_the_benchmark_readme_are_their_committed_records():
+    """The main part's first random draw of the default's count at 4 times the cell's rate in every learn cell of four
+    seeds, and the README's table of the default's blocks against it is what the module prints."""
+    records = [*FOUR_SEEDS, *sorted(TOP_20.glob("learn/positive3_*.json")),
+               *sorted((RESULTS / "rate-grid").glob("learn/*.json"))]
+    results = report.read_combined(records)
+    first_draws = {run["key"].replace("/random/", "/random_at_rate_4/").removesuffix("/0"): run["selected_layers"]
+                   for run in results["runs"] if run["arm"] == "random" and run.get("draw") == 0}
+    found = {cell: arms for cell, arms in report.cells(results).items() if cell[1] == "learn"}
+    assert len(found) == 8
+    for arms in found.values():
+        assert set(arms["random_at_rate_4"]) == {0, 1, 2, 3}
+        for seed, run in arms["random_at_rate_4"].items():
+            assert run["selected_layers"] == first_draws[run["key"]]
+            assert len(run["selected_layers"]) == len(arms["positive"][seed]["selected_layers"])
+            assert run["learning_rate"] == pytest.approx(arms["lora_all"][seed]["learning_rate"] * 4)
+    text = (RESULTS.parent / "README.md").read_text()
+    for line in tables(results, "kept_at_rate_4", ["random_at_rate_4", "all_at_rate_4"]):
+        assert line in text, line
