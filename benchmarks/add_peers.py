@@ -148,7 +148,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, required=True, help="results JSON of the new runs (kept and added to)")
     p.add_argument("--peers", type=peers, required=True,
                    help=f"comma-separated: {', '.join(NAMED_PEERS)}, top:K, random:K, "
-                                                          "kept_at_rate:X, all_at_rate:X, random_at_rate:X")
+                        "kept_at_rate:X, all_at_rate:X, random_at_rate:X")
     p.add_argument("--seeds", type=integers, default=None, help="only the Flexora runs of these seeds (default: all)")
     args = p.parse_args(argv)
     records = {path: json.loads(path.read_text()) for path in args.records}

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from . import report
-from .stats import paired
+from .stats import paired_text
 
 
 def mean_accuracy(runs: dict, seeds: list) -> float:
@@ -46,11 +46,6 @@ def cell_choices(arms: dict, grid: list[str], against: list[str]) -> dict | None
     return {"seeds": seeds, "best": (one, other), "best_diffs": best, "held_out_diffs": held_out}
 
 
-def _interval(diffs: list[float]) -> str:
-    p = paired(diffs)
-    return f"{p.mean:+.1f} [{p.low:+.1f}, {p.high:+.1f}] {p.wins}/{p.losses}"
-
-
 def tables(results: dict, grid: list[str], against: list[str]) -> list[str]:
     """The cell table (mean accuracy of every arm, the best of each grid), then the pooled table by regime."""
     every = report.cells(results)
@@ -67,7 +62,7 @@ def tables(results: dict, grid: list[str], against: list[str]) -> list[str]:
         chosen = [c for (_, r), c in found.items() if regime in (r, "both")]
         best = [d for c in chosen for d in c["best_diffs"]]
         held_out = [d for c in chosen for d in c["held_out_diffs"]]
-        lines.append(f"| {regime} | {len(best)} | {_interval(best)} | {_interval(held_out)} |")
+        lines.append(f"| {regime} | {len(best)} | {paired_text(best)} | {paired_text(held_out)} |")
     return lines
 
 

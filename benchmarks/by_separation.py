@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from . import report
-from .stats import paired
+from .stats import paired_text
 
 
 def flagged_differences(results: dict, minuend: str, peer: str) -> list[tuple[str, str, bool | None, float]]:
@@ -30,13 +30,6 @@ def flagged_differences(results: dict, minuend: str, peer: str) -> list[tuple[st
                 rows.append((task, regime, search["score_separation"]["separated"],
                              100 * (one["accuracy"] - other["accuracy"])))
     return rows
-
-
-def _interval(diffs: list[float]) -> str:
-    if not diffs:
-        return "-"
-    p = paired(diffs)
-    return f"{p.mean:+.1f} [{p.low:+.1f}, {p.high:+.1f}] {p.wins}/{p.losses}" if p.n > 1 else f"{p.mean:+.1f}"
 
 
 def tables(results: dict, minuend: str, peers: list[str]) -> list[str]:
@@ -53,7 +46,7 @@ def tables(results: dict, minuend: str, peers: list[str]) -> list[str]:
             if cells:
                 named = {"any": "any", True: "yes", False: "no", None: "no spread"}[flag]
                 lines.append(f"| {regime} | {named} | {cells} | "
-                             f"{' | '.join(_interval(chosen[peer]) for peer in peers)} |")
+                             f"{' | '.join(paired_text(chosen[peer]) for peer in peers)} |")
     lines += ["", f"| task | regime | seeds | {' | '.join(f'{minuend} - {peer}' for peer in peers)} |",
               "|---|---|---|" + "---|" * len(peers)]
     for task, regime in sorted({(t, r) for rows in found.values() for t, r, _, _ in rows}, key=lambda c: (c[1], c[0])):

@@ -66,6 +66,14 @@ def paired(differences: list[float]) -> Paired:
     return Paired(n, mean, sd, mean - half, mean + half, wins, losses, sign_test(wins, losses))
 
 
+def paired_text(differences: list[float]) -> str:
+    """A table cell for paired differences: `mean [low, high] wins/losses`, the mean alone for one, "-" for none."""
+    if not differences:
+        return "-"
+    p = paired(differences)
+    return f"{p.mean:+.1f} [{p.low:+.1f}, {p.high:+.1f}] {p.wins}/{p.losses}" if p.n > 1 else f"{p.mean:+.1f}"
+
+
 def jaccard(a, b) -> float:
     a, b = set(a), set(b)
     return len(a & b) / len(a | b) if a | b else 1.0
