@@ -38,12 +38,13 @@ from .run import (NUM_BLOCKS, Harness, Results, bottom_blocks, highest, integers
 from .stats import paired
 
 
-# arm: (LoRA on Flexora's blocks, else on all; the power of Flexora's kept fraction that multiplies the cell's rate)
-RATE_PEERS = {"all_at_kept_rate": (False, 1), "kept_at_raised_rate": (True, -1), "all_at_raised_rate": (False, -1)}
-NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest", *RATE_PEERS)
-# peer: its blocks in a Flexora run's cell (None: all), at the cell's rate times the spec's X (kept_at_rate:4)
-SCALED_RATE_PEERS = {"kept_at_rate": lambda flexora: flexora["selected_layers"], "all_at_rate": lambda flexora: None,
-                     "random_at_rate": lambda flexora: random_draws(flexora, 1)[0]}
+# peer: (its blocks: Flexora's, all or the first random draw of Flexora's count; the power of Flexora's kept fraction
+# that multiplies the cell's rate, or None for the spec's X: kept_at_rate:4)
+RATE_PEERS = {"all_at_kept_rate": ("all", 1), "kept_at_raised_rate": ("kept", -1), "all_at_raised_rate": ("all", -1),
+              "kept_at_rate": ("kept", None), "all_at_rate": ("all", None), "random_at_rate": ("random", None)}
+SCALED_RATE_PEERS = tuple(peer for peer, (_, power) in RATE_PEERS.items() if power is None)
+NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest",
+               *(peer for peer in RATE_PEERS if peer not in SCALED_RATE_PEERS))
 
 
 def positive_number(text: str) -> bool:
@@ -70,9 +71,10 @@ def peers(text: str) -> list[str]:
 def rate_scale(spec: str, flexora: dict) -> float | None:
     """What a rate peer multiplies the cell's rate by; None for a peer at the cell's rate."""
     name, _, factor = spec.partition(":")
-    if name in RATE_PEERS:
-        return (len(flexora["selected_layers"]) / NUM_BLOCKS) ** RATE_PEERS[name][1]
-    return float(factor) if name in SCALED_RATE_PEERS else None
+    if name not in RATE_PEERS:
+        return None
+    power = RATE_PEERS[name][1]
+    return float(factor) if power is None else (len(flexora["selected_layers"]) / NUM_BLOCKS) ** power
 
 
 def peer_blocks(spec: str, flexora: dict) -> list[int]:
@@ -97,9 +99,8 @@ def cell_runs(spec: str, flexora: dict, draws: int) -> list[tuple[str, list[int]
         return [("random", blocks, draw) for draw, blocks in enumerate(random_draws(flexora, draws))]
     name = spec.partition(":")[0]
     if name in RATE_PEERS:
-        return [(spec, flexora["selected_layers"] if RATE_PEERS[name][0] else None, None)]
-    if name in SCALED_RATE_PEERS:
-        return [(spec.replace(":", "_"), SCALED_RATE_PEERS[name](flexora), None)]
+        blocks = {"kept": flexora["selected_layers"], "all": None, "random": random_draws(flexora, 1)[0]}
+        return [(spec.replace(":", "_"), blocks[RATE_PEERS[name][0]], None)]
     if spec == "spectrum":
         return [(spec, None, None)]
     return [(spec.replace(":", "_"), peer_blocks(spec, flexora), None)]
