@@ -12,7 +12,9 @@ elsewhere, e.g. `selection_count_score`, the selection it would have made withou
 blocks: a rule keeping K), `random:K` (K random blocks, the main part's first draw at that count), `all_at_kept_rate`
 (LoRA on all blocks at the cell's learning rate times Flexora's kept fraction: is keeping fewer blocks a lower rate?),
 `kept_at_raised_rate` (Flexora's blocks at the rate divided by that fraction: do fewer blocks learn as much at a raised
-rate?), `all_at_raised_rate` (all blocks at that raised rate: is the gain the rate's?), `kept_at_rate:X`,
+rate?), `all_at_raised_rate` (all blocks at that raised rate: is the gain the rate's?), `kept_at_kept_rate`
+(Flexora's blocks at the rate times the kept fraction: with the three above, both sets on the same grid k/30, 1, 30/k
+of the cell's rate), `kept_at_rate:X`,
 `all_at_rate:X` and `random_at_rate:X` (Flexora's blocks, all blocks, or the first random draw of Flexora's count, at
 the cell's rate times X: a grid of rates for each), and the main part's own peers of Flexora's count for records made
 without them, with the same blocks and keys: `random` (its draws), `spectrum` (the data-free signal-to-noise blocks) and
@@ -41,7 +43,7 @@ from .stats import paired
 # peer: (its blocks: Flexora's, all or the first random draw of Flexora's count; the power of Flexora's kept fraction
 # that multiplies the cell's rate, or None for the spec's X: kept_at_rate:4)
 RATE_PEERS = {"all_at_kept_rate": ("all", 1), "kept_at_raised_rate": ("kept", -1), "all_at_raised_rate": ("all", -1),
-              "kept_at_rate": ("kept", None), "all_at_rate": ("all", None), "random_at_rate": ("random", None)}
+              "kept_at_kept_rate": ("kept", 1), "kept_at_rate": ("kept", None), "all_at_rate": ("all", None), "random_at_rate": ("random", None)}
 SCALED_RATE_PEERS = tuple(peer for peer, (_, power) in RATE_PEERS.items() if power is None)
 NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest",
                *(peer for peer in RATE_PEERS if peer not in SCALED_RATE_PEERS))

@@ -53,11 +53,11 @@ def test_a_records_command_gives_back_its_json_options(monkeypatch):
 
 @pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3", "positive:3",
                                   "random:", "lowest:3", "spectrum:3", "all_at_kept_rate:3", "kept_at_raised_rate:3",
-                                  "all_at_raised_rate:3", "snr", "kept_at_rate", "kept_at_rate:0", "all_at_rate:-1",
+                                  "all_at_raised_rate:3", "kept_at_kept_rate:3", "snr", "kept_at_rate", "kept_at_rate:0", "all_at_rate:-1",
                                   "all_at_rate:x", "kept_at_rate:inf", "all_at_rate:nan", "random_at_rate"])
-def test_a_peer_that_is_not_one_of_the_thirteen_kinds_is_refused(spec):
+def test_a_peer_that_is_not_one_of_the_fourteen_kinds_is_refused(spec):
     message = ("a peer is last_ranked, positive, random, spectrum, lowest, all_at_kept_rate, kept_at_raised_rate, "
-               "all_at_raised_rate, top:K or random:K with K from 1 to 29, kept_at_rate:X, all_at_rate:X or "
+               "all_at_raised_rate, kept_at_kept_rate, top:K or random:K with K from 1 to 29, kept_at_rate:X, all_at_rate:X or "
                "random_at_rate:X with X a positive number")
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         peers(f"last_ranked,{spec}")
@@ -77,8 +77,8 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     flexora = next(r for r in record["runs"] if r["arm"] == "flexora" and r["seed"] == 0)
     kept, scores = len(flexora["selected_layers"]), {int(b): s for b, s in flexora["scores"].items()}
     out = tmp_path / "peers.json"
-    rate_peers = ("all_at_kept_rate,kept_at_raised_rate,all_at_raised_rate,kept_at_rate:2,all_at_rate:0.5,"
-                  "random_at_rate:2")
+    rate_peers = ("all_at_kept_rate,kept_at_raised_rate,all_at_raised_rate,kept_at_kept_rate,kept_at_rate:2,"
+                  "all_at_rate:0.5,random_at_rate:2")
     call = [str(quick), "--out", str(out), "--seeds", "0", "--peers",
             f"last_ranked,top:3,random:{kept},positive,random,spectrum,lowest,{rate_peers}"]
     main(call)
@@ -88,6 +88,9 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     assert slower["key"] == "next_number/overfit/all_at_kept_rate/0" and slower["selected_layers"] is None
     assert slower["trainable_params"] == flexora["lora_params_all_blocks"]
     assert slower["learning_rate"] == pytest.approx(5e-3 * kept / 30) == 5e-3 * slower["rate_scale"]
+    slower_kept = runs.pop("kept_at_kept_rate")  # Flexora's blocks at that lowered rate
+    assert slower_kept["selected_layers"] == flexora["selected_layers"]
+    assert slower_kept["learning_rate"] == pytest.approx(5e-3 * kept / 30) == 5e-3 * slower_kept["rate_scale"]
     for arm, blocks in (("kept_at_raised_rate", flexora["selected_layers"]), ("all_at_raised_rate", None)):
         faster = runs.pop(arm)  # the rate divided by the kept fraction
         assert faster["selected_layers"] == blocks and faster["key"] == f"next_number/overfit/{arm}/0"
@@ -118,7 +121,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     written = out.read_bytes()
     main(call)
     assert out.read_bytes() == written
-    assert f"runs in {out}: 14" in capsys.readouterr().out
+    assert f"runs in {out}: 15" in capsys.readouterr().out
 
 
 def test_a_peer_the_record_already_has_is_not_made_again(tmp_path, capsys):
