@@ -115,9 +115,8 @@ def flexora_runs(paths) -> list[dict]:
     return runs
 
 
-def task_table(paths) -> list[str]:
+def task_table(runs: list[dict]) -> list[str]:
     """Per task and regime, the agreement of its seeds: issue 11's stability target is read on each task."""
-    runs = flexora_runs(paths)
     lines = ["| task | regime | seeds | blocks kept | Jaccard (random) | Spearman of alpha | Spearman with depth |",
              "|---" * 7 + "|"]
     for task, regime in sorted({(run["task"], run["regime"]) for run in runs}):
@@ -130,8 +129,8 @@ def task_table(paths) -> list[str]:
     return lines
 
 
-def main_part_table(*paths) -> list[str]:
-    runs = flexora_runs(paths)
+def main_part_table(runs: list[dict]) -> list[str]:
+    """Per regime, one task's seeds against different tasks on one seed (`flexora_runs` gives the runs)."""
     lines = ["| regime | compared | groups | Jaccard (random) | Spearman of alpha | Spearman with depth |",
              "|---" * 6 + "|"]
     for regime in sorted({run["regime"] for run in runs}):
@@ -153,7 +152,8 @@ def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--main"]:
         paths = args[1:] or [Path(__file__).resolve().parent / "results" / "results.json"]
-        print("\n".join(main_part_table(*paths)), "", "\n".join(task_table(paths)), sep="\n")
+        runs = flexora_runs(paths)
+        print("\n".join(main_part_table(runs)), "", "\n".join(task_table(runs)), sep="\n")
     else:
         print("\n".join(table(args)))
 

@@ -137,7 +137,7 @@ def test_seed_agreement_tells_the_order_from_the_cut(tmp_path):
 
 
 def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
-    from benchmarks.seed_agreement import agreement, across_tasks, main_part_table, searches
+    from benchmarks.seed_agreement import agreement, across_tasks, flexora_runs, main_part_table, searches
 
     root = RESULTS.parent
     text = (root.parent / "README.md").read_text()
@@ -151,7 +151,7 @@ def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
             near = ", ".join(map(str, r.get("near_cut", []))) or "-"
             assert (f"| {task} | {rate:.0e}".replace("e-0", "e-") + f" | {label} | {r['jaccard']:.2f} "
                     f"({r['random']:.2f}) | {r['spearman']:.2f} | {r['depth']:.2f} | {near} |") in text
-    for line in main_part_table(RESULTS)[2:]:
+    for line in main_part_table(flexora_runs([RESULTS]))[2:]:
         assert line in text
     lower_rate = [runs for (_, samples, rate), runs in found.items() if (samples, rate) == (500, 3e-4)]
     flat = " ".join(text.split())
@@ -167,7 +167,7 @@ def test_seed_agreement_figures_in_the_readme_are_the_committed_records():
             assert (f"at {one['jaccard']:.2f} and {other['jaccard']:.2f} (random {one['random']:.2f}, "
                     f"{other['random']:.2f}; Spearman {one['spearman']:.2f} and {other['spearman']:.2f})") in flat
     assert len(lower_rate) == 4
-    unseen = main_part_table(root / "unseen" / "gate.json")
+    unseen = main_part_table(flexora_runs([root / "unseen" / "gate.json"]))
     assert [line.split(" | ")[3] for line in unseen[2:]] == ["0.75 (0.31)", "0.75 (0.31)"]
     assert "0.75 across seeds, 0.75 across tasks (random 0.31)" in flat
 
@@ -334,7 +334,7 @@ def test_third_seed_and_random_peer_figures_in_the_benchmark_readme_are_the_comm
     peer on the eight generated tasks, seeds 0-2 (seeds 0, 1 from the warm-start records), and its blocks' agreement
     across the three seeds, per task."""
     from benchmarks.add_peers import peer_table
-    from benchmarks.seed_agreement import task_table
+    from benchmarks.seed_agreement import flexora_runs, task_table
 
     paths = [path for folder in ("warm-start-generated", "default-generated")
              for path in sorted((RESULTS.parent / folder / regime).glob("*.json"))]
@@ -358,7 +358,7 @@ def test_third_seed_and_random_peer_figures_in_the_benchmark_readme_are_the_comm
     for pair in ("positive - lora_all", "random - lora_all", "positive - random"):
         line = next(line for line in table if line.startswith(f"| {pair} | 24 |"))
         assert line in text, line
-    for line in task_table(paths)[2:]:
+    for line in task_table(flexora_runs(paths))[2:]:
         assert line in text, line
 
 
