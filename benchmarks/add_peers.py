@@ -19,9 +19,9 @@ of the cell's rate), `kept_at_rate:X`,
 the cell's rate times X: a grid of rates for each), and the main part's own peers of Flexora's count for records made
 without them, with the same blocks and keys: `random` (its draws), `spectrum` (the data-free signal-to-noise blocks) and
 `lowest` (the bottom of the stack, the plain depth rule). Settings (profile, learning rates, precision, lengths) are
-parsed back from each record's `meta.command`. OUT.json holds the first record's meta and the new runs only; it is
-written after every run, a run already in it or in a record is not made again, and the table at the end pairs every new
-arm by cell.
+parsed back from each record's `meta.command`. OUT.json holds the first record's meta (with the machine that ran the
+new runs) and the new runs only; it is written after every run, a run already in it or in a record is not made again,
+and the table at the end pairs every new arm by cell.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from flexora_trl.options import FlexoraArguments
 from flexora_trl.selection import choose_blocks
 
 from . import report
-from .run import (NUM_BLOCKS, Harness, Results, bottom_blocks, highest, integers, last_ranked, offline_and_quiet,
-                  parse_args, peer_key, profile_of, random_blocks, random_draws, write_json)
+from .run import (NUM_BLOCKS, Harness, Results, bottom_blocks, highest, integers, last_ranked, machine,
+                  offline_and_quiet, parse_args, peer_key, profile_of, random_blocks, random_draws, write_json)
 from .stats import paired
 
 
@@ -109,11 +109,14 @@ def cell_runs(spec: str, flexora: dict, draws: int) -> list[tuple[str, list[int]
 
 
 def record_args(record: dict, path) -> argparse.Namespace:
-    """The record's `benchmarks.run` arguments, as its command gave them."""
+    """The record's `benchmarks.run` arguments, as its command gave them, at the precision its runs trained in (an
+    `auto` command resolves to bf16 or fp32 by the machine: a peer must pair with the record's, not this machine's)."""
     command = shlex.split(record.get("meta", {}).get("command", ""))
     if "benchmarks.run" not in command:
         raise SystemExit(f"{path}: no `python -m benchmarks.run` command in its meta: not a main-part record")
-    return parse_args(command[command.index("benchmarks.run") + 1:])
+    args = parse_args(command[command.index("benchmarks.run") + 1:])
+    args.precision = record["meta"].get("precision", args.precision)
+    return args
 
 
 def flexora_runs(record: dict, path, seeds=None) -> list[dict]:
@@ -162,7 +165,8 @@ def main(argv=None):
                          "from a main-part record's")
     first = next(iter(records.values()))
     out = json.loads(args.out.read_text()) if args.out.exists() else {
-        "meta": {**first["meta"], "added_to": [str(p) for p in args.records]}, **{part: [] for part in Results.PARTS}}
+        "meta": {**first["meta"], "added_to": [str(p) for p in args.records], "machine": machine()},
+        **{part: [] for part in Results.PARTS}}
     done = {run["key"] for part in [*records.values(), out] for run in part["runs"]}  # a record's own peers too
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for run_args, runs in work:

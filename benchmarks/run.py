@@ -684,8 +684,7 @@ def meta(args, profile):
         "max_length": args.max_length, "planted_design": args.planted_design,
         "batch_size": BATCH, "workers": args.workers, "torch_threads": args.threads, "speed_blocks": SPEED_BLOCKS,
         "num_blocks": NUM_BLOCKS,
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "machine": machine(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "trl": trl.__version__, "peft": peft.__version__},
         "memory_method": "peak RSS of the process during the fine-tune phase (sampled every 20 ms from "
@@ -693,6 +692,12 @@ def meta(args, profile):
         # shell-quoted, so that `add_peers` parses back a JSON --flexora-options as given
         "command": "python -m benchmarks.run " + shlex.join(sys.argv[1:]),
     }
+
+
+def machine() -> dict:
+    """The machine that ran a record's runs: figures from different CPUs differ in their last digits."""
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
 def _cpu_name():

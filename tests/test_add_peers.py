@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks.add_peers import main, peers, record_args
-from benchmarks.run import last_ranked, meta, parse_args, profile_of
+from benchmarks.run import last_ranked, machine, meta, parse_args, profile_of
 
 RECORD = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "new-tasks-overfit" / "next_number.json"
 
@@ -51,6 +51,18 @@ def test_a_records_command_gives_back_its_json_options(monkeypatch):
     assert parsed.flexora_options == {"selection_count_score": "final_taylor"} and parsed.main_peers == []
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_peers_train_at_the_precision_the_records_runs_trained_in(monkeypatch, precision):
+    """A command with the default `--precision auto` resolves by the machine; the peers of a record made on another
+    machine must train as its runs did, whatever this machine would pick."""
+    argv = ["--profile", "dev", "--main", "subtraction:overfit", "--learning-rate", "2e-3"]
+    monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", *argv])
+    args = parse_args(argv)
+    record = {"meta": {**meta(args, profile_of(args)), "precision": precision}}
+    assert "--precision" not in record["meta"]["command"]
+    assert record_args(record, "record.json").precision == precision
+
+
 @pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3", "positive:3",
                                   "random:", "lowest:3", "spectrum:3", "all_at_kept_rate:3", "kept_at_raised_rate:3",
                                   "all_at_raised_rate:3", "kept_at_kept_rate:3", "snr", "kept_at_rate", "kept_at_rate:0", "all_at_rate:-1",
@@ -83,6 +95,7 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
             f"last_ranked,top:3,random:{kept},positive,random,spectrum,lowest,{rate_peers}"]
     main(call)
     made = json.loads(out.read_text())["runs"]
+    assert json.loads(out.read_text())["meta"]["machine"] == machine()  # this machine's runs, whatever the record's
     runs = {run["arm"]: run for run in made if run["arm"] not in main_peers}
     slower = runs.pop("all_at_kept_rate")  # every block, the command's rate times the kept fraction
     assert slower["key"] == "next_number/overfit/all_at_kept_rate/0" and slower["selected_layers"] is None
