@@ -223,3 +223,34 @@ def test_random_blocks_at_four_times_the_rate_in_the_benchmark_readme_are_their_
     text = (RESULTS.parent / "README.md").read_text()
     for line in tables(results, "kept_at_rate_4", ["random_at_rate_4", "all_at_rate_4"]):
         assert line in text, line
+
+
+def test_the_overfit_rate_grid_in_the_benchmark_readme_is_its_committed_records():
+    """The default's blocks at the cell's rate times its kept fraction and all blocks at the rate divided by it, in
+    every overfit cell of four seeds: with the rate peers, both sets on the grid k/30, 1, 30/k, and the README's table
+    is what `benchmarks.best_rate` prints."""
+    records = [*(path for path in FOUR_SEEDS if path.parent.name == "overfit"),
+               *sorted(TOP_20.glob("overfit/positive3_*.json")), *sorted(RATE_PEERS.glob("overfit/*.json")),
+               *sorted((RESULTS / "rate-grid").glob("overfit/*.json"))]
+    results = report.read_combined(records)
+    found = report.cells(results)
+    assert len(found) == 8 and {regime for _, regime in found} == {"overfit"}
+    for arms in found.values():
+        for arm, power, on_kept in (("kept_at_kept_rate", 1, True), ("all_at_raised_rate", -1, False)):
+            assert set(arms[arm]) == {0, 1, 2, 3}, arm
+            for seed, run in arms[arm].items():
+                kept = arms["positive"][seed]["selected_layers"]
+                assert run["learning_rate"] == pytest.approx(
+                    arms["lora_all"][seed]["learning_rate"] * (len(kept) / 30) ** power)
+                assert run["selected_layers"] == (kept if on_kept else None)
+    text = (RESULTS.parent / "README.md").read_text()
+    lines = best_rate_tables(results, ["kept_at_kept_rate", "positive", "kept_at_raised_rate"],
+                             ["all_at_kept_rate", "lora_all", "all_at_raised_rate"])
+    for line in lines:
+        assert line in text, line
+    check = json.loads((RESULTS / "rate-grid" / "machine-check" / "rounding_overfit_seed0.json").read_text())
+    here, there = {run["arm"]: run["accuracy"] for run in check["runs"]}, found["rounding", "overfit"]
+    assert check["meta"]["machine"]["cpu"] != results["meta"]["machine"]["cpu"]  # the cell retrained elsewhere
+    words = " ".join(text.split())
+    assert (f"gave {here['kept_at_rate_1']:.3f} and {here['all_at_rate_1']:.3f} against the records' "
+            f"{there['positive'][0]['accuracy']:.3f} and {there['lora_all'][0]['accuracy']:.3f}") in words
