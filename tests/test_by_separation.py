@@ -248,9 +248,42 @@ def test_the_overfit_rate_grid_in_the_benchmark_readme_is_its_committed_records(
                              ["all_at_kept_rate", "lora_all", "all_at_raised_rate"])
     for line in lines:
         assert line in text, line
-    check = json.loads((RESULTS / "rate-grid" / "machine-check" / "rounding_overfit_seed0.json").read_text())
+    check = json.loads((RESULTS / "rate-grid" / "machine-check" / "rounding_overfit_seed0_bf16.json").read_text())
     here, there = {run["arm"]: run["accuracy"] for run in check["runs"]}, found["rounding", "overfit"]
     assert check["meta"]["machine"]["cpu"] != results["meta"]["machine"]["cpu"]  # the cell retrained elsewhere
     words = " ".join(text.split())
     assert (f"gave {here['kept_at_rate_1']:.3f} and {here['all_at_rate_1']:.3f} against the records' "
             f"{there['positive'][0]['accuracy']:.3f} and {there['lora_all'][0]['accuracy']:.3f}") in words
+
+
+def test_the_overfit_rate_grid_on_two_more_tasks_in_the_benchmark_readme_is_its_committed_records():
+    """The same four rate peers in s48's overfit cells of addition (6 seeds) and middle_number (12), fp32 as those
+    records: every seed has them, at the cell's rate times k/30 or 30/k; the README's table is what `best_rate`
+    prints; and fp32 gave the records' accuracies on the other machine."""
+    records = [RESULTS / "depth-peer-overfit" / "addition.json",
+               *sorted((RESULTS / "depth-peer-overfit").glob("middle_number_*.json")),
+               *sorted((RESULTS / "depth-peer-overfit-replication").glob("middle_number_*.json")),
+               *sorted((RESULTS / "rate-grid").glob("overfit-other-tasks/*.json"))]
+    results = report.read_combined(records)
+    found = report.cells(results)
+    assert {cell: len(arms["flexora"]) for cell, arms in found.items()} == {("addition", "overfit"): 6,
+                                                                           ("middle_number", "overfit"): 12}
+    for arms in found.values():
+        for arm, power, on_kept in (("kept_at_kept_rate", 1, True), ("kept_at_raised_rate", -1, True),
+                                    ("all_at_kept_rate", 1, False), ("all_at_raised_rate", -1, False)):
+            assert set(arms[arm]) == set(arms["flexora"]), arm
+            for seed, run in arms[arm].items():
+                kept = arms["flexora"][seed]["selected_layers"]
+                assert run["learning_rate"] == pytest.approx(
+                    arms["lora_all"][seed]["learning_rate"] * (len(kept) / 30) ** power)
+                assert run["selected_layers"] == (kept if on_kept else None)
+    text = (RESULTS.parent / "README.md").read_text()
+    for line in best_rate_tables(results, ["kept_at_kept_rate", "flexora", "kept_at_raised_rate"],
+                                 ["all_at_kept_rate", "lora_all", "all_at_raised_rate"]):
+        assert line in text, line
+    check = json.loads((RESULTS / "rate-grid" / "machine-check" / "addition_overfit_seed0_fp32.json").read_text())
+    here, there = {run["arm"]: run for run in check["runs"]}, found["addition", "overfit"]
+    assert check["meta"]["machine"]["cpu"] != results["meta"]["machine"]["cpu"] and check["meta"]["precision"] == "fp32"
+    for arm, record_arm in (("kept_at_rate_1", "flexora"), ("all_at_rate_1", "lora_all")):
+        assert here[arm]["accuracy"] == there[record_arm][0]["accuracy"]
+        assert here[arm]["answer_loss"] == pytest.approx(there[record_arm][0]["answer_loss"], abs=2e-5)
