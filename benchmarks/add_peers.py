@@ -43,7 +43,8 @@ from .stats import paired
 # peer: (its blocks: Flexora's, all or the first random draw of Flexora's count; the power of Flexora's kept fraction
 # that multiplies the cell's rate, or None for the spec's X: kept_at_rate:4)
 RATE_PEERS = {"all_at_kept_rate": ("all", 1), "kept_at_raised_rate": ("kept", -1), "all_at_raised_rate": ("all", -1),
-              "kept_at_kept_rate": ("kept", 1), "kept_at_rate": ("kept", None), "all_at_rate": ("all", None), "random_at_rate": ("random", None)}
+              "kept_at_kept_rate": ("kept", 1), "kept_at_rate": ("kept", None), "all_at_rate": ("all", None),
+              "random_at_rate": ("random", None)}
 SCALED_RATE_PEERS = tuple(peer for peer, (_, power) in RATE_PEERS.items() if power is None)
 NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest",
                *(peer for peer in RATE_PEERS if peer not in SCALED_RATE_PEERS))

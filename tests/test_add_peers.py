@@ -65,12 +65,13 @@ def test_peers_train_at_the_precision_the_records_runs_trained_in(monkeypatch, p
 
 @pytest.mark.parametrize("spec", ["top", "top:0", "random:30", "top:five", "bottom:3", "last_ranked:3", "positive:3",
                                   "random:", "lowest:3", "spectrum:3", "all_at_kept_rate:3", "kept_at_raised_rate:3",
-                                  "all_at_raised_rate:3", "kept_at_kept_rate:3", "snr", "kept_at_rate", "kept_at_rate:0", "all_at_rate:-1",
-                                  "all_at_rate:x", "kept_at_rate:inf", "all_at_rate:nan", "random_at_rate"])
+                                  "all_at_raised_rate:3", "kept_at_kept_rate:3", "snr", "kept_at_rate",
+                                  "kept_at_rate:0", "all_at_rate:-1", "all_at_rate:x", "kept_at_rate:inf",
+                                  "all_at_rate:nan", "random_at_rate"])
 def test_a_peer_that_is_not_one_of_the_fourteen_kinds_is_refused(spec):
     message = ("a peer is last_ranked, positive, random, spectrum, lowest, all_at_kept_rate, kept_at_raised_rate, "
-               "all_at_raised_rate, kept_at_kept_rate, top:K or random:K with K from 1 to 29, kept_at_rate:X, all_at_rate:X or "
-               "random_at_rate:X with X a positive number")
+               "all_at_raised_rate, kept_at_kept_rate, top:K or random:K with K from 1 to 29, kept_at_rate:X, "
+               "all_at_rate:X or random_at_rate:X with X a positive number")
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         peers(f"last_ranked,{spec}")
 

@@ -225,6 +225,19 @@ def test_random_blocks_at_four_times_the_rate_in_the_benchmark_readme_are_their_
         assert line in text, line
 
 
+def assert_at_their_rates(found: dict, half: str, peers) -> None:
+    """Each (arm, power, on the half's blocks) peer on every seed of the `half` arm in every cell: the half's blocks,
+    or every block, at the cell's all-block rate times the half's kept fraction to that power."""
+    for arms in found.values():
+        for arm, power, on_kept in peers:
+            assert set(arms[arm]) == set(arms[half]), arm
+            for seed, run in arms[arm].items():
+                kept = arms[half][seed]["selected_layers"]
+                assert run["learning_rate"] == pytest.approx(
+                    arms["lora_all"][seed]["learning_rate"] * (len(kept) / 30) ** power)
+                assert run["selected_layers"] == (kept if on_kept else None)
+
+
 def test_the_overfit_rate_grid_in_the_benchmark_readme_is_its_committed_records():
     """The default's blocks at the cell's rate times its kept fraction and all blocks at the rate divided by it, in
     every overfit cell of four seeds: with the rate peers, both sets on the grid k/30, 1, 30/k, and the README's table
@@ -235,14 +248,8 @@ def test_the_overfit_rate_grid_in_the_benchmark_readme_is_its_committed_records(
     results = report.read_combined(records)
     found = report.cells(results)
     assert len(found) == 8 and {regime for _, regime in found} == {"overfit"}
-    for arms in found.values():
-        for arm, power, on_kept in (("kept_at_kept_rate", 1, True), ("all_at_raised_rate", -1, False)):
-            assert set(arms[arm]) == {0, 1, 2, 3}, arm
-            for seed, run in arms[arm].items():
-                kept = arms["positive"][seed]["selected_layers"]
-                assert run["learning_rate"] == pytest.approx(
-                    arms["lora_all"][seed]["learning_rate"] * (len(kept) / 30) ** power)
-                assert run["selected_layers"] == (kept if on_kept else None)
+    assert all(set(arms["positive"]) == {0, 1, 2, 3} for arms in found.values())
+    assert_at_their_rates(found, "positive", (("kept_at_kept_rate", 1, True), ("all_at_raised_rate", -1, False)))
     text = (RESULTS.parent / "README.md").read_text()
     lines = best_rate_tables(results, ["kept_at_kept_rate", "positive", "kept_at_raised_rate"],
                              ["all_at_kept_rate", "lora_all", "all_at_raised_rate"])
@@ -268,15 +275,8 @@ def test_the_overfit_rate_grid_on_two_more_tasks_in_the_benchmark_readme_is_its_
     found = report.cells(results)
     assert {cell: len(arms["flexora"]) for cell, arms in found.items()} == {("addition", "overfit"): 6,
                                                                            ("middle_number", "overfit"): 12}
-    for arms in found.values():
-        for arm, power, on_kept in (("kept_at_kept_rate", 1, True), ("kept_at_raised_rate", -1, True),
-                                    ("all_at_kept_rate", 1, False), ("all_at_raised_rate", -1, False)):
-            assert set(arms[arm]) == set(arms["flexora"]), arm
-            for seed, run in arms[arm].items():
-                kept = arms["flexora"][seed]["selected_layers"]
-                assert run["learning_rate"] == pytest.approx(
-                    arms["lora_all"][seed]["learning_rate"] * (len(kept) / 30) ** power)
-                assert run["selected_layers"] == (kept if on_kept else None)
+    assert_at_their_rates(found, "flexora", (("kept_at_kept_rate", 1, True), ("kept_at_raised_rate", -1, True),
+                                             ("all_at_kept_rate", 1, False), ("all_at_raised_rate", -1, False)))
     text = (RESULTS.parent / "README.md").read_text()
     for line in best_rate_tables(results, ["kept_at_kept_rate", "flexora", "kept_at_raised_rate"],
                                  ["all_at_kept_rate", "lora_all", "all_at_raised_rate"]):
