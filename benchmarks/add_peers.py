@@ -14,14 +14,14 @@ blocks: a rule keeping K), `random:K` (K random blocks, the main part's first dr
 `kept_at_raised_rate` (Flexora's blocks at the rate divided by that fraction: do fewer blocks learn as much at a raised
 rate?), `all_at_raised_rate` (all blocks at that raised rate: is the gain the rate's?), `kept_at_kept_rate`
 (Flexora's blocks at the rate times the kept fraction: with the three above, both sets on the same grid k/30, 1, 30/k
-of the cell's rate), `kept_at_rate:X`,
-`all_at_rate:X` and `random_at_rate:X` (Flexora's blocks, all blocks, or the first random draw of Flexora's count, at
-the cell's rate times X: a grid of rates for each), and the main part's own peers of Flexora's count for records made
-without them, with the same blocks and keys: `random` (its draws), `spectrum` (the data-free signal-to-noise blocks) and
-`lowest` (the bottom of the stack, the plain depth rule). Settings (profile, learning rates, precision, lengths) are
-parsed back from each record's `meta.command`. OUT.json holds the first record's meta (with the machine that ran the
-new runs) and the new runs only; it is written after every run, a run already in it or in a record is not made again,
-and the table at the end pairs every new arm by cell.
+of the cell's rate), `kept_at_rate:X`, `all_at_rate:X` and `random_at_rate:X` (Flexora's blocks, all blocks, or the
+first random draw of Flexora's count, at the cell's rate times X: a grid of rates for each), and the main part's own
+peers of Flexora's count for records made without them, with the same blocks and keys: `random` (its draws),
+`spectrum` (the data-free signal-to-noise blocks) and `lowest` (the bottom of the stack, the plain depth rule).
+Settings (profile, learning rates, lengths) are parsed back from each record's `meta.command`, its precision from
+`meta.precision`. OUT.json holds the first record's meta (with the machine that ran the new runs) and the new runs
+only; it is written after every run, a run already in it or in a record is not made again, and the table at the end
+pairs every new arm by cell.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ RATE_PEERS = {"all_at_kept_rate": ("all", 1), "kept_at_raised_rate": ("kept", -1
 SCALED_RATE_PEERS = tuple(peer for peer, (_, power) in RATE_PEERS.items() if power is None)
 NAMED_PEERS = ("last_ranked", "positive", "random", "spectrum", "lowest",
                *(peer for peer in RATE_PEERS if peer not in SCALED_RATE_PEERS))
+SCALED_FORMS = [f"{peer}:X" for peer in SCALED_RATE_PEERS]  # kept_at_rate:X ...
 
 
 def positive_number(text: str) -> bool:
@@ -66,8 +67,8 @@ def peers(text: str) -> list[str]:
                 or (name in ("top", "random") and count.isdigit() and 1 <= int(count) < NUM_BLOCKS)
                 or (name in SCALED_RATE_PEERS and positive_number(count))):
             raise argparse.ArgumentTypeError(f"{spec!r}: a peer is {', '.join(NAMED_PEERS)}, top:K or random:K with "
-                                             f"K from 1 to {NUM_BLOCKS - 1}, kept_at_rate:X, all_at_rate:X or "
-                                             "random_at_rate:X with X a positive number")
+                                             f"K from 1 to {NUM_BLOCKS - 1}, {', '.join(SCALED_FORMS[:-1])} or "
+                                             f"{SCALED_FORMS[-1]} with X a positive number")
     return specs
 
 
@@ -154,8 +155,7 @@ def main(argv=None):
     p.add_argument("records", nargs="+", type=Path, help="results JSON of `benchmarks.run --parts main`")
     p.add_argument("--out", type=Path, required=True, help="results JSON of the new runs (kept and added to)")
     p.add_argument("--peers", type=peers, required=True,
-                   help=f"comma-separated: {', '.join(NAMED_PEERS)}, top:K, random:K, "
-                        "kept_at_rate:X, all_at_rate:X, random_at_rate:X")
+                   help=f"comma-separated: {', '.join([*NAMED_PEERS, 'top:K', 'random:K', *SCALED_FORMS])}")
     p.add_argument("--seeds", type=integers, default=None, help="only the Flexora runs of these seeds (default: all)")
     args = p.parse_args(argv)
     records = {path: json.loads(path.read_text()) for path in args.records}

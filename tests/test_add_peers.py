@@ -95,8 +95,9 @@ def test_a_committed_record_gets_its_peers_and_a_second_call_keeps_them(tmp_path
     call = [str(quick), "--out", str(out), "--seeds", "0", "--peers",
             f"last_ranked,top:3,random:{kept},positive,random,spectrum,lowest,{rate_peers}"]
     main(call)
-    made = json.loads(out.read_text())["runs"]
-    assert json.loads(out.read_text())["meta"]["machine"] == machine()  # this machine's runs, whatever the record's
+    written_out = json.loads(out.read_text())
+    made = written_out["runs"]
+    assert written_out["meta"]["machine"] == machine()  # this machine's runs, whatever the record's
     runs = {run["arm"]: run for run in made if run["arm"] not in main_peers}
     slower = runs.pop("all_at_kept_rate")  # every block, the command's rate times the kept fraction
     assert slower["key"] == "next_number/overfit/all_at_kept_rate/0" and slower["selected_layers"] is None

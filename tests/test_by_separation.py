@@ -148,6 +148,19 @@ def rate_peer_results() -> dict:
     return report.read_combined(records)
 
 
+def assert_at_their_rates(found: dict, half: str, peers) -> None:
+    """Each (arm, power, on the half's blocks) peer on every seed of the `half` arm in every cell: the half's blocks,
+    or every block, at the cell's all-block rate times the half's kept fraction to that power."""
+    for arms in found.values():
+        for arm, power, on_kept in peers:
+            assert set(arms[arm]) == set(arms[half]), arm
+            for seed, run in arms[arm].items():
+                kept = arms[half][seed]["selected_layers"]
+                assert run["learning_rate"] == pytest.approx(
+                    arms["lora_all"][seed]["learning_rate"] * (len(kept) / 30) ** power)
+                assert run["selected_layers"] == (kept if on_kept else None)
+
+
 def test_the_rate_peers_in_the_benchmark_readme_are_their_committed_records():
     """all_at_kept_rate (every block), kept_at_raised_rate (the default's own) and all_at_raised_rate (every block,
     the learn cells) at the cell's all-block rate times, or divided by, the default's kept fraction, in every cell of
@@ -156,14 +169,11 @@ def test_the_rate_peers_in_the_benchmark_readme_are_their_committed_records():
     found = report.cells(results)
     assert len(found) == 16
     for (_, regime), arms in found.items():
-        peers = ["all_at_kept_rate", "kept_at_raised_rate"] + (["all_at_raised_rate"] if regime == "learn" else [])
-        for arm in peers:
-            assert set(arms[arm]) == {0, 1, 2, 3}, (arm, regime)
-            for seed, run in arms[arm].items():
-                kept = arms["positive"][seed]["selected_layers"]
-                scale = (len(kept) / 30) ** (1 if arm == "all_at_kept_rate" else -1)
-                assert run["learning_rate"] == pytest.approx(arms["lora_all"][seed]["learning_rate"] * scale)
-                assert run["selected_layers"] == (kept if arm == "kept_at_raised_rate" else None)
+        assert set(arms["positive"]) == {0, 1, 2, 3}, regime
+        peers = [("all_at_kept_rate", 1, False), ("kept_at_raised_rate", -1, True)]
+        if regime == "learn":
+            peers.append(("all_at_raised_rate", -1, False))
+        assert_at_their_rates({regime: arms}, "positive", peers)
     text = (RESULTS.parent / "README.md").read_text()
     for minuend, peers in (("positive", ["all_at_kept_rate", "kept_at_raised_rate", "lora_all"]),
                            ("kept_at_raised_rate", ["lora_all", "all_at_raised_rate"])):
@@ -223,19 +233,6 @@ def test_random_blocks_at_four_times_the_rate_in_the_benchmark_readme_are_their_
     text = (RESULTS.parent / "README.md").read_text()
     for line in tables(results, "kept_at_rate_4", ["random_at_rate_4", "all_at_rate_4"]):
         assert line in text, line
-
-
-def assert_at_their_rates(found: dict, half: str, peers) -> None:
-    """Each (arm, power, on the half's blocks) peer on every seed of the `half` arm in every cell: the half's blocks,
-    or every block, at the cell's all-block rate times the half's kept fraction to that power."""
-    for arms in found.values():
-        for arm, power, on_kept in peers:
-            assert set(arms[arm]) == set(arms[half]), arm
-            for seed, run in arms[arm].items():
-                kept = arms[half][seed]["selected_layers"]
-                assert run["learning_rate"] == pytest.approx(
-                    arms["lora_all"][seed]["learning_rate"] * (len(kept) / 30) ** power)
-                assert run["selected_layers"] == (kept if on_kept else None)
 
 
 def test_the_overfit_rate_grid_in_the_benchmark_readme_is_its_committed_records():
